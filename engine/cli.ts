@@ -1,0 +1,53 @@
+#!/usr/bin/env node
+/**
+ * The `blockmirror` command. Each subcommand answers `--help`, exits
+ * non-zero with a one-line message on bad arguments, and stops cleanly on
+ * SIGTERM and SIGINT.
+ */
+import { BlockmirrorError, errors } from './errors.ts';
+import { codesCommand } from './cli-codes.ts';
+
+const usage = `Usage: blockmirror <command> [options]
+
+A block-storage engine that mirrors every write to a secondary.
+
+Commands:
+  codes      print the segment codes of an image file
+
+Options:
+  -h, --help     show this help (also: blockmirror <command> --help)
+  -V, --version  print the version
+
+See README.md for the library API and docs/errors.md for error codes.
+`;
+
+export const version = '0.1.0';
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
+    process.stdout.write(usage);
+    return command === undefined ? 2 : 0;
+  }
+  if (command === '-V' || command === '--version') {
+    process.stdout.write(`blockmirror ${version}\n`);
+    return 0;
+  }
+  switch (command) {
+    case 'codes':
+      return codesCommand(rest);
+    default:
+      throw errors.USAGE(`Unknown command '${command}' (see blockmirror --help)`);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err) => {
+    const e = err instanceof BlockmirrorError ? err : undefined;
+    process.stderr.write(`blockmirror: ${e ? `${e.message} [${e.code}]` : String(err?.stack ?? err)}\n`);
+    process.exitCode = e?.code === 'BM_ERR_USAGE' ? 2 : 1;
+  },
+);

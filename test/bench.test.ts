@@ -1,0 +1,20 @@
+// Every benchmark suite runs here at a tiny size, so that none of them can
+// rot unnoticed. Timings at this size mean nothing; only that each suite
+// completes and reports numbers is checked.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { context } from '../bench/harness.ts';
+import { volumeWrite } from '../bench/volume-write.ts';
+import { hashPool } from '../bench/hash-pool.ts';
+import { codesCost } from '../bench/codes-cost.ts';
+
+for (const [name, suite] of Object.entries({ volumeWrite, hashPool, codesCost })) {
+  test(`benchmark suite ${name} runs at tiny size and reports numbers`, async () => {
+    const result = await suite(context('tiny', () => {}));
+    assert.ok(result.rows.length > 0);
+    for (const row of result.rows) assert.ok(Number.isFinite(row.opsPerSec) && row.opsPerSec > 0, `${row.name}: ${row.opsPerSec}`);
+    for (const check of result.checks) assert.ok(Number.isFinite(check.ratio), check.name);
+  });
+}
+
+test.run();

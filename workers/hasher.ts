@@ -1,0 +1,74 @@
+/**
+ * Hashing pool worker: keeps the segment codes of attached volumes current.
+ *
+ * Every `delayMs` it makes a quiet pass over the chunks it owns in each
+ * attached volume (a segment is rehashed once it has stayed unchanged for a
+ * pass, so bursts of writes cost one rehash, not one per write). A pass is
+ * cut at `passBudgetMs` so that commands from the main thread (settle,
+ * detach, stop) are answered promptly; the next pass resumes where it
+ * stopped.
+ *
+ * Messages in:  attach {id, setup, delayMs}, detach {id, req}, settle {id, req}, stop.
+ * Messages out: ready, done {req}, failed {req, error}.
+ */
+import { parentPort } from './port.ts';
+import { SegmentHasher, type HasherSetup } from '../engine/segment-hasher.ts';
+import { BlockmirrorError } from '../engine/errors.ts';
+
+// Deno drops messages that arrive before a listener exists: attach first.
+parentPort.onMessage((msg) => void handle(msg));
+
+/** Longest stretch of hashing between two looks at the message queue. */
+const passBudgetMs = 20;
+
+const volumes = new Map<number, SegmentHasher>();
+let delayMs = 5;
+let timer: ReturnType<typeof setTimeout> | undefined;
+let stopped = false;
+
+async function handle(msg: any): Promise<void> {
+  try {
+    switch (msg.type) {
+      case 'attach': {
+        const setup: HasherSetup = msg.setup;
+        volumes.set(msg.id, await SegmentHasher.create(setup));
+        delayMs = msg.delayMs;
+        schedule(0);
+        break;
+      }
+      case 'detach':
+        volumes.delete(msg.id);
+        break;
+      case 'settle': {
+        const hasher = volumes.get(msg.id);
+        if (hasher) hasher.pass('all');
+        break;
+      }
+      case 'stop':
+        stopped = true;
+        if (timer) clearTimeout(timer);
+        volumes.clear();
+        break;
+    }
+    if (msg.req !== undefined) parentPort.post({ type: 'done', req: msg.req });
+  } catch (err) {
+    const error = err instanceof BlockmirrorError ? err.toPlain() : { code: 'BM_ERR_WORKER', message: String((err as Error)?.message ?? err) };
+    parentPort.post({ type: 'failed', req: msg.req, error });
+  }
+}
+
+function schedule(ms: number): void {
+  if (stopped || timer) return;
+  timer = setTimeout(tick, ms);
+}
+
+function tick(): void {
+  timer = undefined;
+  let more = false;
+  for (const hasher of volumes.values()) {
+    if (hasher.pass('quiet', passBudgetMs).cutShort) more = true;
+  }
+  if (volumes.size > 0) schedule(more ? 0 : delayMs);
+}
+
+parentPort.post({ type: 'ready' });
