@@ -35,7 +35,7 @@ export interface SuiteResult {
   suite: string;
   rows: Row[];
   /** Ratios against the suite's reference, with the target each one must reach. */
-  checks: Array<{ name: string; ratio: number; target: number; higherIsBetter?: boolean }>;
+  checks: Array<{ name: string; ratio: number; target?: number; higherIsBetter?: boolean }>;
   skipped?: string[];
 }
 
@@ -81,6 +81,10 @@ export function formatResult(result: SuiteResult): string {
   if (result.checks.length) {
     lines.push('', '| ratio | measured | target | met |', '| --- | ---: | ---: | --- |');
     for (const c of result.checks) {
+      if (c.target === undefined) {
+        lines.push(`| ${c.name} | ${c.ratio.toFixed(3)} | (for information) | |`);
+        continue;
+      }
       const met = c.higherIsBetter === false ? c.ratio <= c.target : c.ratio >= c.target;
       lines.push(`| ${c.name} | ${c.ratio.toFixed(3)} | ${c.higherIsBetter === false ? '≤' : '≥'} ${c.target} | ${met ? 'yes' : 'NO'} |`);
     }

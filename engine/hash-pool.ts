@@ -39,6 +39,8 @@ export class HashPool {
   readonly workerCount: number;
   readonly rehashDelayMs: number;
   private readonly workers: WorkerHandle[];
+  /** Per worker: segments hashed, bytes hashed (each slot written by its worker only). */
+  private readonly counters: Float64Array;
   private readonly pending = new Map<number, Pending>();
   private nextRequest = 1;
   private nextVolume = 1;
@@ -49,6 +51,8 @@ export class HashPool {
     this.workers = workers;
     this.workerCount = workers.length;
     this.rehashDelayMs = rehashDelayMs;
+    this.counters = new Float64Array(new SharedArrayBuffer(16 * workers.length));
+    workers.forEach((w, index) => w.post({ type: 'init', stats: this.counters.buffer, index }));
     for (const w of workers) {
       w.onMessage((m) => this.onMessage(m));
       w.onError((e) => this.fail(errors.WORKER(`A hashing worker died: ${e.message}`)));
@@ -89,6 +93,17 @@ export class HashPool {
     const pool = HashPool.sharedPool;
     HashPool.sharedPool = undefined;
     await (await pool).close();
+  }
+
+  /** Work done so far by all workers: segments and bytes hashed. */
+  stats(): { segmentsHashed: number; bytesHashed: number } {
+    let segmentsHashed = 0;
+    let bytesHashed = 0;
+    for (let i = 0; i < this.workerCount; i++) {
+      segmentsHashed += this.counters[2 * i]!;
+      bytesHashed += this.counters[2 * i + 1]!;
+    }
+    return { segmentsHashed, bytesHashed };
   }
 
   /** Registers a volume; its codes are kept current from now on. Returns its pool id. */

@@ -28,6 +28,8 @@ export interface HasherSetup {
 export interface PassResult {
   /** Segments hashed in this pass. */
   hashed: number;
+  /** Bytes hashed in this pass. */
+  bytes: number;
   /** True when the pass stopped at its time budget with owned chunks left unvisited. */
   cutShort: boolean;
 }
@@ -63,11 +65,12 @@ export class SegmentHasher {
   }
 
   /** Hashes one segment and publishes its code for the generation read first. */
-  hashSegment(segment: number): void {
+  hashSegment(segment: number): number {
     const generation = Atomics.load(this.table.generation, segment);
     const offset = segment * this.segmentSize;
     const length = Math.min(this.segmentSize, this.memory.size - offset);
     this.table.publish(segment, generation, this.compute(offset, length));
+    return length;
   }
 
   /**
@@ -83,6 +86,7 @@ export class SegmentHasher {
     const deadline = budgetMs === Infinity ? Infinity : performance.now() + budgetMs;
     const ownedCount = Math.ceil((chunkCount - this.owner) / this.owners);
     let hashed = 0;
+    let bytes = 0;
     for (let k = 0; k < ownedCount; k++) {
       const i = (this.resumeChunk + k) % ownedCount;
       const c = this.owner + i * this.owners;
@@ -98,18 +102,18 @@ export class SegmentHasher {
           again = true;
           continue;
         }
-        this.hashSegment(s);
+        bytes += this.hashSegment(s);
         hashed++;
         if (!this.table.isValid(s)) again = true;
       }
       if (again) Atomics.store(dirty, c, 1);
       if (performance.now() > deadline && k + 1 < ownedCount) {
         this.resumeChunk = (i + 1) % ownedCount;
-        return { hashed, cutShort: true };
+        return { hashed, bytes, cutShort: true };
       }
     }
     this.resumeChunk = 0;
-    return { hashed, cutShort: false };
+    return { hashed, bytes, cutShort: false };
   }
 }
 

@@ -8,7 +8,7 @@
  * detach, stop) are answered promptly; the next pass resumes where it
  * stopped.
  *
- * Messages in:  attach {id, setup, delayMs}, detach {id, req}, settle {id, req}, stop.
+ * Messages in:  init {stats, index}, attach {id, setup, delayMs}, detach {id, req}, settle {id, req}, stop.
  * Messages out: ready, done {req}, failed {req, error}.
  */
 import { parentPort } from './port.ts';
@@ -25,10 +25,22 @@ const volumes = new Map<number, SegmentHasher>();
 let delayMs = 5;
 let timer: ReturnType<typeof setTimeout> | undefined;
 let stopped = false;
+/** This worker's counters in the pool's shared stats: segments hashed, bytes hashed. */
+let stats = new Float64Array(2);
+let statsAt = 0;
+
+function count(result: { hashed: number; bytes: number }): void {
+  stats[statsAt] = stats[statsAt]! + result.hashed;
+  stats[statsAt + 1] = stats[statsAt + 1]! + result.bytes;
+}
 
 async function handle(msg: any): Promise<void> {
   try {
     switch (msg.type) {
+      case 'init':
+        stats = new Float64Array(msg.stats);
+        statsAt = msg.index * 2;
+        break;
       case 'attach': {
         const setup: HasherSetup = msg.setup;
         volumes.set(msg.id, await SegmentHasher.create(setup));
@@ -41,7 +53,7 @@ async function handle(msg: any): Promise<void> {
         break;
       case 'settle': {
         const hasher = volumes.get(msg.id);
-        if (hasher) hasher.pass('all');
+        if (hasher) count(hasher.pass('all'));
         break;
       }
       case 'stop':
@@ -66,7 +78,9 @@ function tick(): void {
   timer = undefined;
   let more = false;
   for (const hasher of volumes.values()) {
-    if (hasher.pass('quiet', passBudgetMs).cutShort) more = true;
+    const result = hasher.pass('quiet', passBudgetMs);
+    count(result);
+    if (result.cutShort) more = true;
   }
   if (volumes.size > 0) schedule(more ? 0 : delayMs);
 }
