@@ -1,0 +1,170 @@
+/**
+ * Parses the bytes of a mirror link into checked frames: a state machine fed
+ * with whatever chunks the socket delivers.
+ *
+ * Bytes are gathered in a staging area inside a shared WebAssembly memory,
+ * so that the checksum is computed in place by the kernel. A frame is handed
+ * on only when its lengths are within bounds (checked from the 24-byte prefix,
+ * before any of its body is buffered), its checksum matches, and its header
+ * has the shape its type requires. The first bad frame stops the decoder for
+ * good with a stable error code: the connection is then closed, and nothing
+ * of that frame (or after it) was handed on.
+ *
+ * The payload given to `onFrame` is a view of the staging area, valid only
+ * during the call: copy it (into the volume) before returning.
+ */
+import { Unpackr } from 'msgpackr';
+import { errors, type BlockmirrorError } from './errors.ts';
+import { FrameType, frameMagic, headerBytesMax, payloadBytesMaxDefault, prefixBytes, type FrameTypeValue } from './frame.ts';
+import { instantiateKernel, KERNEL_HEADER_BYTES, writeKernelHeader, type Kernel } from './kernel.ts';
+
+export interface Frame {
+  type: FrameTypeValue;
+  /** The msgpack header, checked for its type's shape. */
+  header: unknown[];
+  /** Payload bytes (write frames), a view valid only during onFrame. */
+  payload: Uint8Array;
+}
+
+export interface FrameDecoderOptions {
+  /** Largest payload accepted in one frame. */
+  payloadBytesMax?: number;
+  onFrame: (frame: Frame) => void;
+  onError: (error: BlockmirrorError) => void;
+}
+
+const headerUnpackr = new Unpackr({ useRecords: false, moreTypes: false, mapsAsObjects: true });
+
+export class FrameDecoder {
+  readonly payloadBytesMax: number;
+  private readonly staging: Uint8Array;
+  private readonly view: DataView;
+  private readonly kernel: Kernel;
+  private readonly onFrame: (frame: Frame) => void;
+  private readonly onError: (error: BlockmirrorError) => void;
+  /** Bytes of the current frame gathered so far. */
+  private have = 0;
+  /** Bytes the current frame needs in all (prefix until the prefix is read). */
+  private need = prefixBytes;
+  private failed: BlockmirrorError | undefined;
+
+  constructor(options: FrameDecoderOptions) {
+    this.payloadBytesMax = options.payloadBytesMax ?? payloadBytesMaxDefault;
+    const bytes = KERNEL_HEADER_BYTES + prefixBytes + headerBytesMax + this.payloadBytesMax + 8;
+    const pages = Math.ceil(bytes / 65536);
+    const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
+    writeKernelHeader(memory);
+    this.kernel = instantiateKernel(memory);
+    this.staging = new Uint8Array(memory.buffer, KERNEL_HEADER_BYTES);
+    this.view = new DataView(memory.buffer, KERNEL_HEADER_BYTES);
+    this.onFrame = options.onFrame;
+    this.onError = options.onError;
+  }
+
+  /** The error that stopped the decoder, if any. */
+  get error(): BlockmirrorError | undefined {
+    return this.failed;
+  }
+
+  /** Bytes buffered towards the next frame. */
+  get buffered(): number {
+    return this.have;
+  }
+
+  /** Forgets any partial frame and any failure, to decode a new stream with the same buffers. */
+  reset(): void {
+    this.have = 0;
+    this.need = prefixBytes;
+    this.failed = undefined;
+  }
+
+  feed(chunk: Uint8Array): void {
+    let at = 0;
+    while (at < chunk.length && !this.failed) {
+      const n = Math.min(this.need - this.have, chunk.length - at);
+      this.staging.set(at === 0 && n === chunk.length ? chunk : chunk.subarray(at, at + n), this.have);
+      this.have += n;
+      at += n;
+      if (this.have < this.need) return;
+      if (this.have === prefixBytes && this.need === prefixBytes) this.readPrefix();
+      else this.finishFrame();
+    }
+  }
+
+  private readPrefix(): void {
+    const v = this.view;
+    const magic = v.getUint32(0, true);
+    const h = v.getUint32(4, true);
+    const p = v.getUint32(8, true);
+    if (magic !== frameMagic || v.getUint32(12, true) !== 0) {
+      return this.fail(errors.FRAME_MAGIC(`Cannot read frame: bad magic 0x${magic.toString(16).padStart(8, '0')}`));
+    }
+    if (h === 0 || h > headerBytesMax) return this.fail(errors.FRAME_TOO_LARGE(`Cannot read frame: header length ${h} is outside 1..${headerBytesMax}`));
+    if (p > this.payloadBytesMax) return this.fail(errors.FRAME_TOO_LARGE(`Cannot read frame: payload length ${p} is over ${this.payloadBytesMax}`));
+    this.need = (prefixBytes + h + p + 7) & ~7;
+  }
+
+  private finishFrame(): void {
+    const v = this.view;
+    const h = v.getUint32(4, true);
+    const p = v.getUint32(8, true);
+    const expected = v.getBigUint64(16, true);
+    const actual = this.kernel.xxh3(KERNEL_HEADER_BYTES + prefixBytes, h + p);
+    if (expected !== actual) return this.fail(errors.FRAME_CHECKSUM(`Cannot read frame: checksum mismatch (got ${actual.toString(16)}, frame says ${expected.toString(16)})`));
+    let header: unknown;
+    try {
+      header = headerUnpackr.unpack(this.staging.subarray(prefixBytes, prefixBytes + h));
+    } catch (e) {
+      return this.fail(errors.FRAME_HEADER(`Cannot read frame header: ${(e as Error).message.split('\n')[0]}`));
+    }
+    const problem = checkShape(header, p);
+    if (problem) return this.fail(problem.startsWith('unknown') ? errors.FRAME_TYPE(`Cannot read frame: ${problem}`) : errors.FRAME_HEADER(`Cannot read frame header: ${problem}`));
+    this.have = 0;
+    this.need = prefixBytes;
+    const h0 = header as unknown[];
+    this.onFrame({ type: h0[0] as FrameTypeValue, header: h0, payload: this.staging.subarray(prefixBytes + h, prefixBytes + h + p) });
+  }
+
+  private fail(error: BlockmirrorError): void {
+    this.failed = error;
+    this.onError(error);
+  }
+}
+
+const isUint = (x: unknown, max = 0xffffffff): x is number => typeof x === 'number' && Number.isInteger(x) && x >= 0 && x <= max;
+const isOffset = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+const isObject = (x: unknown) => typeof x === 'object' && x !== null && !Array.isArray(x) && !(x instanceof Uint8Array);
+
+/** Returns what is wrong with a header's shape, or undefined. */
+function checkShape(header: unknown, payloadBytes: number): string | undefined {
+  if (!Array.isArray(header) || header.length === 0) return 'not a non-empty array';
+  const [type] = header;
+  const noPayload = payloadBytes === 0 ? undefined : `type ${String(type)} carries no payload`;
+  switch (type) {
+    case FrameType.write:
+      if (header.length !== 5 || !isUint(header[1]) || !isUint(header[2], 65535) || !isOffset(header[3]) || !isUint(header[4], 255)) return 'write needs [type, seq, volume, offset, flags]';
+      if (payloadBytes === 0) return 'write without payload';
+      return undefined;
+    case FrameType.zeroes:
+      if (header.length !== 5 || !isUint(header[1]) || !isUint(header[2], 65535) || !isOffset(header[3]) || !isOffset(header[4])) return 'zeroes needs [type, seq, volume, offset, length]';
+      return noPayload;
+    case FrameType.flush:
+    case FrameType.ack:
+      if (header.length !== 2 || !isUint(header[1])) return `type ${type} needs [type, seq]`;
+      return noPayload;
+    case FrameType.ping:
+    case FrameType.pong:
+      if (header.length !== 2 || typeof header[1] !== 'number') return `type ${type} needs [type, stamp]`;
+      return noPayload;
+    case FrameType.challenge:
+    case FrameType.hello:
+    case FrameType.welcome:
+      if (header.length !== 2 || !isObject(header[1])) return `type ${type} needs [type, {fields}]`;
+      return noPayload;
+    case FrameType.refuse:
+      if (header.length !== 3 || typeof header[1] !== 'string' || typeof header[2] !== 'string') return 'refuse needs [type, code, message]';
+      return noPayload;
+    default:
+      return `unknown frame type ${JSON.stringify(type)?.slice(0, 20)}`;
+  }
+}

@@ -1,0 +1,87 @@
+/**
+ * The frame layout of the mirror link (docs/protocol.md has the diagram).
+ *
+ *   0  u32 magic 'BMF1'      8  u32 payload length P   16 u64 checksum
+ *   4  u32 header length H  12  u32 reserved, 0        24 header (H bytes, msgpack) | payload (P bytes) | 0-7 pad
+ *
+ * The checksum is XXH3-64 of the header and payload bytes, so corruption on
+ * the link is detected before anything is applied. The header is a msgpack
+ * array whose first element is the frame type. Frames are padded to 8 bytes
+ * so that a journal ring can hold them back to back and send them as they
+ * are.
+ *
+ * This module only lays bytes out; frame-decoder.ts parses and checks them.
+ */
+import { Packr } from 'msgpackr';
+
+export const frameMagic = 0x31464d42; // 'BMF1' little-endian
+export const prefixBytes = 24;
+/** Largest msgpack header accepted; a larger length field closes the link before anything is buffered. */
+export const headerBytesMax = 4096;
+/** Default largest payload per frame (one record); larger writes are split. */
+export const payloadBytesMaxDefault = 4 * 1024 * 1024;
+
+export const FrameType = {
+  /** secondary → primary, first frame: [type, {version, nonce, auth}] */
+  challenge: 1,
+  /** primary → secondary: [type, {version, proof?, nonce, mode, volumes}] */
+  hello: 2,
+  /** secondary → primary: [type, {proof?, volumes}] */
+  welcome: 3,
+  /** either way, then close: [type, code, message] */
+  refuse: 4,
+  /** primary → secondary: [type, seq, volume, offset, flags] + payload bytes */
+  write: 5,
+  /** primary → secondary: [type, seq, volume, offset, length] */
+  zeroes: 6,
+  /** primary → secondary: [type, seq]; acknowledged once every volume is durable */
+  flush: 7,
+  /** secondary → primary: [type, seq] = every record up to seq is applied */
+  ack: 8,
+  /** either way: [type, stamp] */
+  ping: 9,
+  /** either way: [type, stamp] */
+  pong: 10,
+} as const;
+
+export type FrameTypeValue = (typeof FrameType)[keyof typeof FrameType];
+
+export const WriteFlag = {
+  /** The write is part of a resync, not of the application's stream. */
+  resync: 1,
+  /** Force unit access: apply durably before acknowledging. */
+  fua: 2,
+} as const;
+
+/** One msgpack encoder for frame headers: plain arrays, no records, no extension types. */
+export const headerPackr = new Packr({ useRecords: false, moreTypes: false, variableMapSize: true, encodeUndefinedAsNil: true });
+
+export function alignedFrameBytes(headerBytes: number, payloadBytes: number): number {
+  return (prefixBytes + headerBytes + payloadBytes + 7) & ~7;
+}
+
+/**
+ * Lays out a frame at `at` in `target`: prefix, header, payload. The
+ * checksum field is left 0 for the sender to fill in place (see
+ * `sealFrame`). Returns the aligned frame length.
+ */
+export function writeFrame(target: Uint8Array, view: DataView, at: number, header: Uint8Array, payload?: Uint8Array): number {
+  const p = payload ? payload.length : 0;
+  view.setUint32(at, frameMagic, true);
+  view.setUint32(at + 4, header.length, true);
+  view.setUint32(at + 8, p, true);
+  view.setUint32(at + 12, 0, true);
+  view.setBigUint64(at + 16, 0n, true);
+  target.set(header, at + prefixBytes);
+  if (payload) target.set(payload, at + prefixBytes + header.length);
+  const end = at + prefixBytes + header.length + p;
+  const bytes = alignedFrameBytes(header.length, p);
+  target.fill(0, end, at + bytes);
+  return bytes;
+}
+
+/** Fills the checksum of the frame at `at` from its header and payload bytes. */
+export function sealFrame(view: DataView, at: number, checksum: (from: number, length: number) => bigint): void {
+  const length = view.getUint32(at + 4, true) + view.getUint32(at + 8, true);
+  view.setBigUint64(at + 16, checksum(at + prefixBytes, length), true);
+}

@@ -1,0 +1,226 @@
+/**
+ * One byte stream between two nodes, over tcp:// (node:net) or ws:// (ws),
+ * behind one small interface so that the mirror and control protocols never
+ * care which.
+ *
+ * TCP sockets get `setNoDelay(true)` (a frame is always written whole, in one
+ * call, so Nagle would only add delay). WebSockets are opened with
+ * per-message deflate off on both ends and, on the client, an all-zero mask:
+ * peers are trusted (and authenticated by the handshake), and masking in
+ * JavaScript caps a Node client far below the link's speed. A WebSocket has
+ * no drain event, so `onDrain` is emulated by polling `bufferedAmount`.
+ */
+import net from 'node:net';
+import WebSocket, { WebSocketServer } from 'ws';
+import { errors } from './errors.ts';
+
+export type Scheme = 'tcp' | 'ws';
+
+export interface Endpoint {
+  scheme: Scheme;
+  host: string;
+  port: number;
+  url: string;
+}
+
+export function parseEndpoint(url: unknown, what = 'URL'): Endpoint {
+  const m = typeof url === 'string' ? /^(tcp|ws):\/\/(\[[^\]]+\]|[^:/\s]+):(\d{1,5})\/?$/.exec(url) : null;
+  const port = m ? Number(m[3]) : 0;
+  if (!m || port < 0 || port > 65535) {
+    throw errors.INVALID_ARGUMENT(`Cannot use ${what} ${JSON.stringify(url)}: write tcp://HOST:PORT or ws://HOST:PORT`);
+  }
+  const host = m[2]!.replace(/^\[|\]$/g, '');
+  return { scheme: m[1] as Scheme, host, port, url: url as string };
+}
+
+export interface Link {
+  readonly scheme: Scheme;
+  readonly remote: string;
+  /** Queues bytes whole. Returns false when the caller should wait for `onDrain`. */
+  send(bytes: Uint8Array): boolean;
+  /** Bytes queued but not yet handed to the OS. */
+  buffered(): number;
+  onData(listener: (chunk: Uint8Array) => void): void;
+  /** Called once, however the link ended. */
+  onClose(listener: (reason: string) => void): void;
+  onDrain(listener: () => void): void;
+  pause(): void;
+  resume(): void;
+  /** Ends the link after what is queued has been sent. */
+  end(): void;
+  /** Ends the link now, dropping anything queued. */
+  destroy(reason?: string): void;
+}
+
+/** Bytes a WebSocket may queue before `send` reports backpressure. */
+export const wsBufferedBytesMax = 8 * 1024 * 1024;
+const wsDrainPollMs = 1;
+
+export interface Listener {
+  readonly endpoint: Endpoint;
+  /** The port actually bound (useful with port 0). */
+  readonly port: number;
+  close(): Promise<void>;
+}
+
+export async function listen(url: string, onLink: (link: Link) => void, options: { payloadBytesMax?: number } = {}): Promise<Listener> {
+  const endpoint = parseEndpoint(url, 'listen URL');
+  if (endpoint.scheme === 'tcp') {
+    const server = net.createServer((socket) => onLink(tcpLink(socket)));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (e: NodeJS.ErrnoException) => reject(errors.LISTEN(`Cannot listen on ${url}: ${e.code ?? e.message}`)));
+      server.listen(endpoint.port, endpoint.host, () => resolve());
+    });
+    return {
+      endpoint,
+      port: (server.address() as net.AddressInfo).port,
+      close: () => new Promise((resolve) => server.close(() => resolve())),
+    };
+  }
+  const server = new WebSocketServer({ host: endpoint.host, port: endpoint.port, perMessageDeflate: false, maxPayload: (options.payloadBytesMax ?? 64 * 1024 * 1024) + 8192 });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (e: NodeJS.ErrnoException) => reject(errors.LISTEN(`Cannot listen on ${url}: ${e.code ?? e.message}`)));
+    server.once('listening', () => resolve());
+  });
+  server.on('connection', (socket: WebSocket, request: { socket?: { remoteAddress?: string; remotePort?: number } }) => {
+    onLink(wsLink(socket, `${request?.socket?.remoteAddress ?? '?'}:${request?.socket?.remotePort ?? '?'}`));
+  });
+  const address = server.address();
+  return {
+    endpoint,
+    port: typeof address === 'object' && address ? address.port : endpoint.port,
+    close: () =>
+      new Promise((resolve) => {
+        for (const client of server.clients) client.terminate();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** Connects to `url`; rejects with BM_ERR_CONNECT after `timeoutMs`. */
+export function connect(url: string, timeoutMs = 5000): Promise<Link> {
+  const endpoint = parseEndpoint(url, 'mirror URL');
+  return new Promise((resolve, reject) => {
+    let done = false;
+    const finish = (error: Error | undefined, link?: Link) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      if (error) reject(error);
+      else resolve(link!);
+    };
+    const timer = setTimeout(() => {
+      finish(errors.CONNECT(`Cannot connect to ${url}: no answer within ${timeoutMs} ms`));
+      cancel();
+    }, timeoutMs);
+    let cancel = () => {};
+    if (endpoint.scheme === 'tcp') {
+      const socket = net.connect({ host: endpoint.host, port: endpoint.port });
+      cancel = () => socket.destroy();
+      socket.once('connect', () => finish(undefined, tcpLink(socket)));
+      socket.once('error', (e: NodeJS.ErrnoException) => finish(errors.CONNECT(`Cannot connect to ${url}: ${e.code ?? e.message}`)));
+    } else {
+      const socket = new WebSocket(`ws://${endpoint.host.includes(':') ? `[${endpoint.host}]` : endpoint.host}:${endpoint.port}/`, {
+        perMessageDeflate: false,
+        // Trusted peers: an all-zero mask spares the per-byte masking work.
+        generateMask: (mask: Buffer) => mask.fill(0),
+      } as WebSocket.ClientOptions);
+      cancel = () => socket.terminate();
+      socket.once('open', () => finish(undefined, wsLink(socket, url)));
+      socket.once('error', (e: NodeJS.ErrnoException) => finish(errors.CONNECT(`Cannot connect to ${url}: ${e.code ?? e.message}`)));
+    }
+  });
+}
+
+function tcpLink(socket: net.Socket): Link {
+  socket.setNoDelay(true);
+  const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+  let closeListener: ((reason: string) => void) | undefined;
+  let closed = false;
+  let reason = 'closed by peer';
+  const close = () => {
+    if (closed) return;
+    closed = true;
+    closeListener?.(reason);
+  };
+  socket.on('error', (e: NodeJS.ErrnoException) => {
+    reason = e.code ?? e.message;
+  });
+  socket.on('close', close);
+  return {
+    scheme: 'tcp',
+    remote,
+    send: (bytes) => !closed && socket.write(bytes),
+    buffered: () => socket.writableLength,
+    onData: (l) => void socket.on('data', l),
+    onClose: (l) => {
+      closeListener = l;
+      if (closed) l(reason);
+    },
+    onDrain: (l) => void socket.on('drain', l),
+    pause: () => void socket.pause(),
+    resume: () => void socket.resume(),
+    end: () => void socket.end(),
+    destroy: (why) => {
+      if (why) reason = why;
+      socket.destroy();
+    },
+  };
+}
+
+function wsLink(socket: WebSocket, remote: string): Link {
+  socket.binaryType = 'nodebuffer';
+  let closeListener: ((reason: string) => void) | undefined;
+  let closed = false;
+  let reason = 'closed by peer';
+  let drainTimer: ReturnType<typeof setInterval> | undefined;
+  const drainListeners: Array<() => void> = [];
+  const close = () => {
+    if (closed) return;
+    closed = true;
+    if (drainTimer) clearInterval(drainTimer);
+    closeListener?.(reason);
+  };
+  socket.on('error', (e: NodeJS.ErrnoException) => {
+    reason = e.code ?? e.message;
+  });
+  socket.on('close', close);
+  const watchDrain = () => {
+    if (drainTimer || closed) return;
+    drainTimer = setInterval(() => {
+      if (socket.bufferedAmount > wsBufferedBytesMax / 2) return;
+      clearInterval(drainTimer);
+      drainTimer = undefined;
+      for (const l of drainListeners) l();
+    }, wsDrainPollMs);
+  };
+  return {
+    scheme: 'ws',
+    remote,
+    send: (bytes) => {
+      if (closed) return false;
+      socket.send(bytes, { binary: true });
+      if (socket.bufferedAmount < wsBufferedBytesMax) return true;
+      watchDrain();
+      return false;
+    },
+    buffered: () => socket.bufferedAmount,
+    onData: (l) =>
+      void socket.on('message', (data: Buffer | ArrayBuffer | Buffer[]) => {
+        if (Array.isArray(data)) for (const d of data) l(d);
+        else l(data instanceof ArrayBuffer ? new Uint8Array(data) : data);
+      }),
+    onClose: (l) => {
+      closeListener = l;
+      if (closed) l(reason);
+    },
+    onDrain: (l) => void drainListeners.push(l),
+    pause: () => socket.pause(),
+    resume: () => socket.resume(),
+    end: () => socket.close(),
+    destroy: (why) => {
+      if (why) reason = why;
+      socket.terminate();
+    },
+  };
+}

@@ -1,0 +1,203 @@
+/**
+ * The primary node: its volumes, one channel to the secondary, and a pair
+ * per volume. It wires storage to the mirror (the volume never sees the
+ * network; the channel never touches a file).
+ *
+ * Events (pair state changes, link failures) go to every listener given to
+ * `onEvent`, as plain objects with an ISO timestamp.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { Channel, type ChannelOptions, type LostRecord } from './channel.ts';
+import { errors, type BlockmirrorError } from './errors.ts';
+import { Pair, type PairEvent, type PairState } from './pair.ts';
+import { Volume } from './volume.ts';
+import type { CodeAlgorithm } from './codes.ts';
+import type { HashPool } from './hash-pool.ts';
+import { parseEndpoint } from './link.ts';
+
+export interface PrimaryVolumeOptions {
+  name: string;
+  size: number;
+  blockSize?: number;
+  segmentSize?: number;
+  code?: CodeAlgorithm;
+}
+
+export interface PrimaryOptions extends Omit<ChannelOptions, 'url' | 'volumes' | 'mode'> {
+  /** Directory of the images; without it the volumes live in memory. */
+  dir?: string;
+  volumes: PrimaryVolumeOptions[];
+  /** tcp:// or ws:// URL of the secondary. */
+  mirror: string;
+  /** `sync` (default): a write completes when the secondary has it. `async`: at once. */
+  mode?: 'sync' | 'async';
+  pool?: HashPool | 'shared' | 'none';
+}
+
+export type PrimaryEvent = PairEvent | { type: 'link'; status: 'connected' | 'failed'; url: string; code?: string; message?: string; lostRecords?: number; at: string };
+
+export interface VolumeStatus {
+  name: string;
+  size: number;
+  state: PairState;
+  outOfSyncBytes: number;
+  writes: number;
+  bytesMirrored: number;
+}
+
+export interface PrimaryStatus {
+  role: 'primary';
+  mirror: string;
+  mode: 'sync' | 'async';
+  connected: boolean;
+  journalBytesUsed: number;
+  journalBytes: number;
+  ackedSeq: number;
+  nextSeq: number;
+  lastError?: { code: string; message: string };
+  volumes: VolumeStatus[];
+}
+
+export class Primary {
+  readonly pairs: Pair[];
+  readonly mode: 'sync' | 'async';
+  readonly mirror: string;
+  private readonly channel: Channel;
+  private readonly listeners: Array<(e: PrimaryEvent) => void> = [];
+  private readonly fresh: boolean[];
+  private contacts = 0;
+  private closed = false;
+
+  private constructor(mirror: string, mode: 'sync' | 'async', channel: Channel, pairs: Pair[], fresh: boolean[]) {
+    this.mirror = mirror;
+    this.mode = mode;
+    this.channel = channel;
+    this.pairs = pairs;
+    this.fresh = fresh;
+  }
+
+  static async start(options: PrimaryOptions): Promise<Primary> {
+    if (!options || !Array.isArray(options.volumes) || options.volumes.length === 0) {
+      throw errors.INVALID_ARGUMENT('Cannot start a primary: give at least one volume');
+    }
+    parseEndpoint(options.mirror, 'mirror URL');
+    const mode = options.mode ?? 'sync';
+    if (mode !== 'sync' && mode !== 'async') throw errors.INVALID_ARGUMENT(`Cannot use mode ${JSON.stringify(mode)}: choose sync or async`);
+    const names = new Set<string>();
+    for (const v of options.volumes) {
+      if (names.has(v.name)) throw errors.INVALID_ARGUMENT(`Cannot start a primary: volume '${v.name}' is listed twice`);
+      names.add(v.name);
+    }
+    if (options.dir) fs.mkdirSync(options.dir, { recursive: true });
+    const volumes: Volume[] = [];
+    const fresh: boolean[] = [];
+    try {
+      for (const v of options.volumes) {
+        const exists = options.dir !== undefined && fs.existsSync(path.join(options.dir, `${v.name}.img`));
+        const common = { ...v, dir: options.dir, pool: options.pool };
+        volumes.push(exists ? await Volume.open({ ...common, dir: options.dir! }) : await Volume.create(common));
+        fresh.push(!exists);
+      }
+    } catch (e) {
+      for (const v of volumes) await v.close();
+      throw e;
+    }
+    let primary: Primary | undefined;
+    const early: Array<() => void> = [];
+    const channel = await Channel.start(
+      {
+        ...options,
+        url: options.mirror,
+        mode,
+        volumes: volumes.map((v) => ({ name: v.name, size: v.size, blockSize: v.blockSize, segmentSize: v.segmentSize, code: v.algorithm })),
+      },
+      {
+        onConnected: (created) => (primary ? primary.onConnected(created) : early.push(() => primary!.onConnected(created))),
+        onFailed: (error, lost) => (primary ? primary.onFailed(error, lost) : early.push(() => primary!.onFailed(error, lost))),
+      },
+    );
+    const pairs = volumes.map((volume, index) => new Pair({ volume, index, channel, mode, emit: (e) => primary!.emit(e) }));
+    primary = new Primary(options.mirror, mode, channel, pairs, fresh);
+    for (const f of early) f();
+    return primary;
+  }
+
+  /** The pair of volume `name`: read, write, writeZeroes, trim, flush. */
+  volume(name: string): Pair {
+    const pair = this.pairs.find((p) => p.name === name);
+    if (!pair) throw errors.INVALID_ARGUMENT(`Cannot find volume '${name}' on this primary`);
+    return pair;
+  }
+
+  onEvent(listener: (event: PrimaryEvent) => void): void {
+    this.listeners.push(listener);
+  }
+
+  /** Resolves when every pair is `duplex` (or rejects with BM_ERR_TIMEOUT). */
+  async waitDuplex(timeoutMs = 30_000): Promise<void> {
+    const deadline = performance.now() + timeoutMs;
+    while (!this.pairs.every((p) => p.state === 'duplex')) {
+      if (performance.now() > deadline) {
+        throw errors.TIMEOUT(`Cannot reach duplex within ${timeoutMs} ms: ${this.pairs.map((p) => `${p.name} ${p.state}`).join(', ')}`);
+      }
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+
+  status(): PrimaryStatus {
+    const e = this.channel.lastError;
+    return {
+      role: 'primary',
+      mirror: this.mirror,
+      mode: this.mode,
+      connected: this.channel.connected,
+      journalBytesUsed: this.channel.journalBytesUsed,
+      journalBytes: this.channel.journal.capacity,
+      ackedSeq: this.channel.ackedSeq,
+      nextSeq: this.channel.nextSeq,
+      lastError: e ? { code: e.code, message: e.message } : undefined,
+      volumes: this.pairs.map((p) => ({
+        name: p.name,
+        size: p.size,
+        state: p.state,
+        outOfSyncBytes: p.oos.bytes,
+        writes: p.writes,
+        bytesMirrored: p.bytesMirrored,
+      })),
+    };
+  }
+
+  /**
+   * Stops cleanly: waits (up to `drainTimeoutMs`) for the secondary to
+   * acknowledge everything queued, stops the channel, flushes and closes
+   * every volume.
+   */
+  async close(options: { drainTimeoutMs?: number } = {}): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const deadline = performance.now() + (options.drainTimeoutMs ?? 5000);
+    while (this.channel.connected && this.channel.journalBytesUsed > 0 && performance.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    await this.channel.stop();
+    for (const p of this.pairs) await p.volume.close();
+  }
+
+  private emit(event: PrimaryEvent): void {
+    for (const l of this.listeners) l(event);
+  }
+
+  private onConnected(created: boolean[]): void {
+    const first = this.contacts++ === 0;
+    this.emit({ type: 'link', status: 'connected', url: this.mirror, at: new Date().toISOString() });
+    this.pairs.forEach((p, i) => p.connected(first, first && this.fresh[i] === true && created[i] === true && p.writes === 0));
+  }
+
+  private onFailed(error: BlockmirrorError, lost: LostRecord[]): void {
+    this.emit({ type: 'link', status: 'failed', url: this.mirror, code: error.code, message: error.message, lostRecords: lost.length, at: new Date().toISOString() });
+    const byVolume = this.pairs.map(() => [] as LostRecord[]);
+    for (const r of lost) byVolume[r.volume]?.push(r);
+    this.pairs.forEach((p, i) => p.failed(byVolume[i]!, error.code));
+  }
+}

@@ -1,0 +1,185 @@
+// The mirror link's frame decoder, fed exact bytes: every error has its
+// code, oversized lengths are refused from the prefix alone, and a fuzz of
+// random and mutated streams never crashes it and never lets a damaged frame
+// through.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { FrameDecoder, type Frame } from '../engine/frame-decoder.ts';
+import { FrameEncoder } from '../engine/frame-encoder.ts';
+import { FrameType, headerPackr, prefixBytes, sealFrame, writeFrame } from '../engine/frame.ts';
+import { instantiateKernel, KERNEL_HEADER_BYTES, writeKernelHeader } from '../engine/kernel.ts';
+import { prng, randomBytes, testSeed } from './helpers.ts';
+
+const payloadBytesMax = 4096;
+const encoder = new FrameEncoder(payloadBytesMax);
+
+function collect(chunks: Uint8Array[]): { frames: Array<{ header: unknown[]; payload: Uint8Array }>; error?: string } {
+  const frames: Array<{ header: unknown[]; payload: Uint8Array }> = [];
+  let error: string | undefined;
+  const decoder = new FrameDecoder({
+    payloadBytesMax,
+    onFrame: (f: Frame) => frames.push({ header: f.header, payload: f.payload.slice() }),
+    onError: (e) => (error = e.code),
+  });
+  for (const c of chunks) decoder.feed(c);
+  return { frames, error };
+}
+
+const concat = (parts: Uint8Array[]) => {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) (out.set(p, at), (at += p.length));
+  return out;
+};
+
+function sampleFrames(random: () => number): Array<{ header: unknown[]; payload?: Uint8Array }> {
+  return [
+    { header: [FrameType.write, 7, 0, 4096, 0], payload: randomBytes(random, 1 + Math.floor(random() * 3000)) },
+    { header: [FrameType.zeroes, 8, 1, 65536, 8192] },
+    { header: [FrameType.flush, 9] },
+    { header: [FrameType.ack, 9] },
+    { header: [FrameType.ping, 12345] },
+    { header: [FrameType.hello, { version: 1, volumes: [{ name: 'db', size: 4096 }] }] },
+    { header: [FrameType.refuse, 'BM_ERR_AUTH', 'wrong secret'] },
+  ];
+}
+
+test('frames survive any chunking: whole, byte by byte, random cuts', () => {
+  const seed = testSeed();
+  const random = prng(seed);
+  const frames = sampleFrames(random);
+  const stream = concat(frames.map((f) => encoder.encode(f.header, f.payload)));
+  const cuts: Uint8Array[][] = [[stream], Array.from(stream, (b) => new Uint8Array([b]))];
+  const random3: Uint8Array[] = [];
+  for (let at = 0; at < stream.length; ) {
+    const n = 1 + Math.floor(random() * 300);
+    random3.push(stream.subarray(at, at + n));
+    at += n;
+  }
+  cuts.push(random3);
+  for (const chunks of cuts) {
+    const { frames: got, error } = collect(chunks);
+    assert.is(error, undefined, `seed ${seed}`);
+    assert.is(got.length, frames.length);
+    got.forEach((g, i) => {
+      assert.equal(JSON.parse(JSON.stringify(g.header)), JSON.parse(JSON.stringify(frames[i]!.header)));
+      assert.equal(g.payload, frames[i]!.payload ?? new Uint8Array(0));
+    });
+  }
+});
+
+function prefix(magic: number, headerBytes: number, payloadBytes: number, reserved = 0): Uint8Array {
+  const b = new Uint8Array(prefixBytes);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, magic, true);
+  v.setUint32(4, headerBytes, true);
+  v.setUint32(8, payloadBytes, true);
+  v.setUint32(12, reserved, true);
+  return b;
+}
+
+test('bad magic and a non-zero reserved field: BM_ERR_FRAME_MAGIC', () => {
+  assert.is(collect([prefix(0xdeadbeef, 4, 0)]).error, 'BM_ERR_FRAME_MAGIC');
+  assert.is(collect([prefix(0x31464d42, 4, 0, 1)]).error, 'BM_ERR_FRAME_MAGIC');
+  assert.is(collect([new TextEncoder().encode('GET / HTTP/1.1\r\nHost: x\r\n\r\n')]).error, 'BM_ERR_FRAME_MAGIC');
+});
+
+test('oversized lengths are refused from the 24-byte prefix alone', () => {
+  // Only the prefix is fed: the decoder must refuse before waiting for (or buffering) a body.
+  assert.is(collect([prefix(0x31464d42, 4097, 0)]).error, 'BM_ERR_FRAME_TOO_LARGE');
+  assert.is(collect([prefix(0x31464d42, 0, 0)]).error, 'BM_ERR_FRAME_TOO_LARGE');
+  assert.is(collect([prefix(0x31464d42, 10, payloadBytesMax + 1)]).error, 'BM_ERR_FRAME_TOO_LARGE');
+  assert.is(collect([prefix(0x31464d42, 10, 0xffffffff)]).error, 'BM_ERR_FRAME_TOO_LARGE');
+});
+
+test('a flipped bit in header or payload: BM_ERR_FRAME_CHECKSUM, and the frame is not handed on', () => {
+  const frame = encoder.encode([FrameType.write, 1, 0, 0, 0], new Uint8Array(100).fill(9));
+  for (const at of [prefixBytes, prefixBytes + 3, frame.length - 10, 16, 23]) {
+    const bad = frame.slice();
+    bad[at]! ^= 0x10;
+    const { frames, error } = collect([bad]);
+    assert.is(error, 'BM_ERR_FRAME_CHECKSUM', `byte ${at}`);
+    assert.is(frames.length, 0);
+  }
+});
+
+/** A frame with a correct checksum around an arbitrary header byte string. */
+function sealed(headerBytes: Uint8Array, payload = new Uint8Array(0)): Uint8Array {
+  const memory = new WebAssembly.Memory({ initial: 2, maximum: 2, shared: true });
+  writeKernelHeader(memory);
+  const kernel = instantiateKernel(memory);
+  const bytes = new Uint8Array(memory.buffer, KERNEL_HEADER_BYTES);
+  const view = new DataView(memory.buffer, KERNEL_HEADER_BYTES);
+  const n = writeFrame(bytes, view, 0, headerBytes, payload);
+  sealFrame(view, 0, (from, length) => kernel.xxh3(KERNEL_HEADER_BYTES + from, length));
+  return bytes.slice(0, n);
+}
+
+test('headers that are not msgpack or have the wrong shape: BM_ERR_FRAME_HEADER; unknown types: BM_ERR_FRAME_TYPE', () => {
+  const pack = (v: unknown) => headerPackr.pack(v) as Uint8Array;
+  const cases: Array<[Uint8Array, string, Uint8Array?]> = [
+    [new Uint8Array([0xc1]), 'BM_ERR_FRAME_HEADER'], // never-used msgpack byte
+    [new Uint8Array([0x92, 0x05]), 'BM_ERR_FRAME_HEADER'], // truncated array
+    [pack({ a: 1 }), 'BM_ERR_FRAME_HEADER'],
+    [pack([]), 'BM_ERR_FRAME_HEADER'],
+    [pack([FrameType.write, 1, 0, -5, 0]), 'BM_ERR_FRAME_HEADER', new Uint8Array(4)],
+    [pack([FrameType.write, 1, 0, 1.5, 0]), 'BM_ERR_FRAME_HEADER', new Uint8Array(4)],
+    [pack([FrameType.write, 1, 70000, 0, 0]), 'BM_ERR_FRAME_HEADER', new Uint8Array(4)],
+    [pack([FrameType.write, 1, 0, 0, 0]), 'BM_ERR_FRAME_HEADER'], // write without payload
+    [pack([FrameType.ack, 1]), 'BM_ERR_FRAME_HEADER', new Uint8Array(4)], // ack with payload
+    [pack([FrameType.ack, 'x']), 'BM_ERR_FRAME_HEADER'],
+    [pack([FrameType.hello, 'x']), 'BM_ERR_FRAME_HEADER'],
+    [pack([99, 1]), 'BM_ERR_FRAME_TYPE'],
+    [pack(['write', 1]), 'BM_ERR_FRAME_TYPE'],
+  ];
+  for (const [header, code, payload] of cases) {
+    const { frames, error } = collect([sealed(header, payload)]);
+    assert.is(error, code, Array.from(header.subarray(0, 8)).join(','));
+    assert.is(frames.length, 0);
+  }
+});
+
+test('fuzz: 100k random and mutated streams never crash the decoder and never pass a damaged frame', () => {
+  const seed = testSeed();
+  const random = prng(seed);
+  const originals = sampleFrames(random).map((f) => ({ ...f, bytes: encoder.encode(f.header, f.payload) }));
+  const decoder = new FrameDecoder({ payloadBytesMax, onFrame: (f) => got.push(f.payload.slice()), onError: (e) => (error = e.code) });
+  let got: Uint8Array[] = [];
+  let error: string | undefined;
+  const codes = new Set(['BM_ERR_FRAME_MAGIC', 'BM_ERR_FRAME_TOO_LARGE', 'BM_ERR_FRAME_CHECKSUM', 'BM_ERR_FRAME_HEADER', 'BM_ERR_FRAME_TYPE']);
+  const cases = Number(process.env.BM_FUZZ_CASES ?? 100_000);
+  for (let i = 0; i < cases; i++) {
+    decoder.reset();
+    got = [];
+    error = undefined;
+    const picked = Array.from({ length: 1 + Math.floor(random() * 3) }, () => originals[Math.floor(random() * originals.length)]!);
+    let stream = concat(picked.map((p) => p.bytes));
+    const mode = random();
+    if (mode < 0.1) {
+      stream = randomBytes(random, Math.floor(random() * 200));
+    } else if (mode < 0.8) {
+      for (let m = 1 + Math.floor(random() * 3); m > 0; m--) stream[Math.floor(random() * stream.length)] ^= 1 << Math.floor(random() * 8);
+    } else {
+      stream = stream.subarray(0, Math.floor(random() * stream.length));
+    }
+    let at = 0;
+    try {
+      while (at < stream.length) {
+        const n = 1 + Math.floor(random() * 64);
+        decoder.feed(stream.subarray(at, at + n));
+        at += n;
+      }
+    } catch (e) {
+      assert.unreachable(`seed ${seed} case ${i}: the decoder threw ${(e as Error).message}`);
+    }
+    if (error !== undefined) assert.ok(codes.has(error), `seed ${seed} case ${i}: unexpected code ${error}`);
+    // Every frame handed on is byte-identical to the frame at the same place in the original stream.
+    got.forEach((payload, k) => {
+      const original = picked[k];
+      assert.ok(original, `seed ${seed} case ${i}: a frame was invented`);
+      assert.equal(payload, original!.payload ?? new Uint8Array(0), `seed ${seed} case ${i}: frame ${k} was altered`);
+    });
+  }
+});
+
+test.run();
