@@ -55,3 +55,30 @@ export function hex(bytes: Uint8Array): string {
   for (const b of bytes) s += b.toString(16).padStart(2, '0');
   return s;
 }
+
+/** The command that runs the blockmirror CLI from source on the runtime running the tests. */
+export function cliCommand(): { command: string; args: string[] } {
+  const g = globalThis as { Bun?: unknown; Deno?: unknown };
+  const entry = new URL('../engine/cli.ts', import.meta.url).pathname;
+  if (g.Bun) return { command: process.execPath, args: ['run', entry] };
+  if (g.Deno) return { command: process.execPath, args: ['run', '--allow-all', entry] };
+  return { command: process.execPath, args: ['--import', 'tsx', entry] };
+}
+
+/** Runs the CLI to completion and returns its exit code and output. */
+export async function runCli(args: string[], options: { timeoutMs?: number } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const { spawn } = await import('node:child_process');
+  const { command, args: base } = cliCommand();
+  return new Promise((resolve) => {
+    const child = spawn(command, [...base, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 30_000);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}

@@ -1,0 +1,50 @@
+// The blockmirror command: --help, one-line errors with a stable code and a
+// non-zero exit on bad arguments, and the codes subcommand against an
+// independent hash of the image.
+import fs from 'node:fs';
+import path from 'node:path';
+import { xxhash3 } from 'hash-wasm';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { runCli, tempDir } from './helpers.ts';
+
+test('blockmirror --help and codes --help print usage and exit 0', async () => {
+  const top = await runCli(['--help']);
+  assert.is(top.code, 0);
+  assert.match(top.stdout, /Usage: blockmirror/);
+  const codes = await runCli(['codes', '--help']);
+  assert.is(codes.code, 0);
+  assert.match(codes.stdout, /--image/);
+});
+
+test('bad arguments exit non-zero with one line naming the code', async () => {
+  for (const args of [['--bogus'], ['frobnicate'], ['codes'], ['codes', '--image'], ['codes', '--image', 'x.img', '--nope', '1'], ['codes', '--image', 'x.raw']]) {
+    const r = await runCli(args);
+    assert.is(r.code, 2, args.join(' '));
+    assert.is(r.stderr.trim().split('\n').length, 1, `one line for ${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, /\[BM_ERR_USAGE\]/);
+  }
+  const missing = await runCli(['codes', '--image', '/nonexistent/x.img']);
+  assert.is(missing.code, 1);
+  assert.match(missing.stderr, /\[BM_ERR_IMAGE_OPEN\]/);
+});
+
+test('codes prints the XXH3 of every segment of an image', async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const image = path.join(dir, 'disk.img');
+    const bytes = new Uint8Array(3 * 65536 + 4096);
+    for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 13 + (i >> 9)) & 255;
+    fs.writeFileSync(image, bytes);
+    const r = await runCli(['codes', '--image', image, '--json']);
+    assert.is(r.code, 0, r.stderr);
+    const out = JSON.parse(r.stdout);
+    const want = [];
+    for (let s = 0; s < 4; s++) want.push(await xxhash3(bytes.subarray(s * 65536, Math.min(bytes.length, (s + 1) * 65536))));
+    assert.equal(out.codes, want);
+  } finally {
+    cleanup();
+  }
+});
+
+test.run();
