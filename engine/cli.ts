@@ -6,12 +6,18 @@
  */
 import { BlockmirrorError, errors } from './errors.ts';
 import { codesCommand } from './cli-codes.ts';
+import { primaryCommand } from './cli-primary.ts';
+import { secondaryCommand } from './cli-secondary.ts';
+import { statusCommand } from './cli-status.ts';
 
 const usage = `Usage: blockmirror <command> [options]
 
 A block-storage engine that mirrors every write to a secondary.
 
 Commands:
+  secondary  receive mirrored writes and apply them to DIR/NAME.img
+  primary    serve volumes and mirror every write to a secondary
+  status     show a primary's pairs through its control endpoint
   codes      print the segment codes of an image file
 
 Options:
@@ -36,6 +42,12 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case 'codes':
       return codesCommand(rest);
+    case 'secondary':
+      return secondaryCommand(rest);
+    case 'primary':
+      return primaryCommand(rest);
+    case 'status':
+      return statusCommand(rest);
     default:
       throw errors.USAGE(`Unknown command '${command}' (see blockmirror --help)`);
   }

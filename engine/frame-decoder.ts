@@ -156,6 +156,12 @@ function checkShape(header: unknown, payloadBytes: number): string | undefined {
     case FrameType.pong:
       if (header.length !== 2 || typeof header[1] !== 'number') return `type ${type} needs [type, stamp]`;
       return noPayload;
+    case FrameType.status:
+      if (header.length !== 1) return 'status needs [type]';
+      return noPayload;
+    case FrameType.statusReply:
+      if (header.length !== 1) return 'status reply needs [type] and a JSON payload';
+      return undefined;
     case FrameType.challenge:
     case FrameType.hello:
     case FrameType.welcome:

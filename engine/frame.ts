@@ -42,6 +42,10 @@ export const FrameType = {
   ping: 9,
   /** either way: [type, stamp] */
   pong: 10,
+  /** status client → control endpoint: [type] */
+  status: 11,
+  /** control endpoint → status client: [type] + JSON payload */
+  statusReply: 12,
 } as const;
 
 export type FrameTypeValue = (typeof FrameType)[keyof typeof FrameType];

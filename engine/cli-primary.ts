@@ -1,0 +1,57 @@
+/** `blockmirror primary`: runs a primary whose volumes are mirrored, until SIGTERM or SIGINT. */
+import { parseArgs } from './args.ts';
+import { eventWriter, log, parseVolumeSpec, secretFrom, untilStopped } from './cli-run.ts';
+import { ControlServer } from './control-server.ts';
+import { errors } from './errors.ts';
+import { Primary } from './primary.ts';
+
+const help = `Usage: blockmirror primary --dir DIR --volume NAME:SIZE [--volume NAME:SIZE] --mirror URL
+                           [--mode sync|async] [--secret-file FILE] [--control URL] [--events FILE]
+
+Serves volumes DIR/NAME.img (created when missing, SIZE with KiB, MiB or GiB)
+and mirrors every write to the secondary at URL (tcp://HOST:PORT or
+ws://HOST:PORT). sync (default): a write completes when the secondary has
+applied it. async: at once; the secondary lags by at most the journal (64 MiB).
+--control URL answers 'blockmirror status --control URL'. Events (link and
+state changes) are printed as JSON lines to stdout or appended to --events FILE.
+Stops cleanly on SIGTERM or SIGINT.
+`;
+
+export async function primaryCommand(argv: string[]): Promise<number> {
+  const args = parseArgs('primary', argv, {
+    dir: { required: true },
+    volume: { required: true, repeat: true },
+    mirror: { required: true },
+    mode: {},
+    'secret-file': {},
+    control: {},
+    events: {},
+  });
+  if (args.help) {
+    process.stdout.write(help);
+    return 0;
+  }
+  const mode = (args.mode as string | undefined) ?? 'sync';
+  if (mode !== 'sync' && mode !== 'async') throw errors.USAGE(`primary: --mode must be sync or async, not '${mode}'`);
+  const primary = await Primary.start({
+    dir: args.dir as string,
+    volumes: (args.volume as string[]).map(parseVolumeSpec),
+    mirror: args.mirror as string,
+    mode,
+    secret: secretFrom(args['secret-file'] as string | undefined),
+  });
+  primary.onEvent(eventWriter(args.events as string | undefined));
+  let control: ControlServer | undefined;
+  try {
+    if (args.control) control = await ControlServer.start(args.control as string, () => primary.status());
+  } catch (e) {
+    await primary.close();
+    throw e;
+  }
+  log(`primary mirroring ${primary.pairs.map((p) => p.name).join(', ')} to ${primary.mirror} (${mode})${control ? `, control on ${control.url}` : ''}`);
+  const signal = await untilStopped();
+  log(`${signal}: stopping`);
+  await control?.close();
+  await primary.close();
+  return 0;
+}
