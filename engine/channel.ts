@@ -70,7 +70,8 @@ export class Channel {
   private readonly options: ChannelOptions;
   private readonly ackWaiters = new Fifo<{ seq: number; resolve: (acked: boolean) => void }>();
   private readonly roomWaiters = new Fifo<{ bytes: number; resolve: (ok: boolean) => void }>();
-  private seenChanges = 0;
+  /** Ring bytes granted by `room` and not yet appended (twice each record's size). */
+  private reserved = 0;
   private handledState: number = ChannelState.connecting;
   private reconnectDelayMs: number;
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
@@ -138,8 +139,16 @@ export class Channel {
    */
   room(bytes: number): Promise<boolean> | boolean {
     if (!this.connected) return false;
-    if (this.roomWaiters.length === 0 && this.fits(bytes)) return true;
+    if (this.roomWaiters.length === 0 && this.fits(bytes)) {
+      this.reserved += 2 * bytes;
+      return true;
+    }
     return new Promise((resolve) => this.roomWaiters.push({ bytes, resolve }));
+  }
+
+  /** Gives back room granted for a record that will not be appended after all. */
+  unreserve(bytes: number): void {
+    this.reserved = Math.max(0, this.reserved - 2 * bytes);
   }
 
   /** Appends a write record; the caller has been granted room. Returns its sequence number. */
@@ -181,9 +190,14 @@ export class Channel {
     this.failWaiters();
   }
 
+  /**
+   * Room is granted ahead of the append (the caller may resume a microtask
+   * later), so grants are counted in `reserved` until their record is
+   * appended. Each grant counts twice its size: a frame may need padding to
+   * the end of the ring first.
+   */
   private fits(bytes: number): boolean {
-    // A frame may need padding to the end of the ring first; ask for that too.
-    return this.journal.capacity - this.journal.used() >= bytes * 2;
+    return this.journal.capacity - this.journal.used() - this.reserved >= bytes * 2;
   }
 
   private append(header: unknown[], payload?: Uint8Array): number {
@@ -191,6 +205,7 @@ export class Channel {
     header[1] = seq;
     const packed = headerPackr.pack(header) as Uint8Array;
     const bytes = alignedFrameBytes(packed.length, payload ? payload.length : 0);
+    this.unreserve(this.recordBytes(payload ? payload.length : 0));
     const at = this.journal.reserve(bytes);
     if (at < 0) throw errors.ASSERTION(`Invariant broken: journal reserve of ${bytes} bytes failed after room was granted`);
     writeFrame(this.journal.ring, this.journal.ringView, at, packed, payload);
@@ -220,11 +235,14 @@ export class Channel {
     const state = this.state;
     const acked = this.ackedSeq;
     while (this.ackWaiters.length && ((acked - this.ackWaiters.peek()!.seq) | 0) >= 0) this.ackWaiters.shift()!.resolve(true);
-    while (this.roomWaiters.length && this.connected && this.fits(this.roomWaiters.peek()!.bytes)) this.roomWaiters.shift()!.resolve(true);
-    if (state === ChannelState.failed && this.handledState !== ChannelState.failed) {
-      this.handledState = state;
-      this.handleFailure();
-    } else if (state === ChannelState.connected && this.handledState !== ChannelState.connected) {
+    while (this.roomWaiters.length && this.connected && this.fits(this.roomWaiters.peek()!.bytes)) {
+      const waiter = this.roomWaiters.shift()!;
+      this.reserved += 2 * waiter.bytes;
+      waiter.resolve(true);
+    }
+    // A failure is handled when the worker's message with its error arrives
+    // (onWorkerMessage); the state word only stops new grants meanwhile.
+    if (state === ChannelState.connected && this.handledState !== ChannelState.connected) {
       this.handledState = state;
       this.reconnectDelayMs = this.options.reconnectDelayMinMs ?? 100;
     }
@@ -234,6 +252,7 @@ export class Channel {
     if (m.type === 'failed') {
       this.lastError = fromPlain(m.error!);
       this.react();
+      this.handleFailure();
     } else if (m.type === 'connected') {
       this.react();
       this.events.onConnected(m.created ?? []);
@@ -245,12 +264,16 @@ export class Channel {
     this.lastError = errors.WORKER(`The channel worker for ${this.url} died: ${e.message}`);
     Atomics.store(this.journal.control, Control.state, ChannelState.failed);
     this.react();
+    this.handleFailure();
   }
 
   /** Reads back every unacknowledged record, empties the ring, and reports them. */
   private handleFailure(): void {
+    if (this.handledState === ChannelState.failed) return;
+    this.handledState = ChannelState.failed;
     const lost = this.unacknowledged();
     this.journal.reset();
+    this.reserved = 0;
     this.failWaiters();
     this.lastError ??= errors.LINK_LOST(`Lost the link to ${this.url}`);
     this.events.onFailed(this.lastError, lost);

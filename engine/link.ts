@@ -170,6 +170,15 @@ function tcpLink(socket: net.Socket): Link {
 
 function wsLink(socket: WebSocket, remote: string): Link {
   socket.binaryType = 'nodebuffer';
+  // ws emits messages as soon as it parses them, possibly in the same tick
+  // as 'open': listen at once and keep what comes before onData is called.
+  const early: Uint8Array[] = [];
+  let dataListener: ((chunk: Uint8Array) => void) | undefined;
+  const deliver = (chunk: Uint8Array) => (dataListener ? dataListener(chunk) : early.push(chunk));
+  socket.on('message', (data: Buffer | ArrayBuffer | Buffer[]) => {
+    if (Array.isArray(data)) for (const d of data) deliver(d);
+    else deliver(data instanceof ArrayBuffer ? new Uint8Array(data) : data);
+  });
   let closeListener: ((reason: string) => void) | undefined;
   let closed = false;
   let reason = 'closed by peer';
@@ -205,11 +214,10 @@ function wsLink(socket: WebSocket, remote: string): Link {
       return false;
     },
     buffered: () => socket.bufferedAmount,
-    onData: (l) =>
-      void socket.on('message', (data: Buffer | ArrayBuffer | Buffer[]) => {
-        if (Array.isArray(data)) for (const d of data) l(d);
-        else l(data instanceof ArrayBuffer ? new Uint8Array(data) : data);
-      }),
+    onData: (l) => {
+      dataListener = l;
+      for (const chunk of early.splice(0)) l(chunk);
+    },
     onClose: (l) => {
       closeListener = l;
       if (closed) l(reason);

@@ -114,10 +114,13 @@ export class Pair {
    */
   private async admit(payloadBytes: number): Promise<boolean> {
     if (!this.mirroring) return false;
-    const room = this.channel.room(this.channel.recordBytes(payloadBytes));
+    const bytes = this.channel.recordBytes(payloadBytes);
+    const room = this.channel.room(bytes);
     if (room === false) return false;
     if (room !== true && !(await room)) return false;
-    return this.mirroring;
+    if (this.mirroring) return true;
+    this.channel.unreserve(bytes);
+    return false;
   }
 
   async writeZeroes(offset: number, length: number, options: WriteOptions = {}): Promise<void> {

@@ -142,9 +142,12 @@ export class Secondary {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await Promise.all(this.listeners.map((l) => l.close()));
+    // A TCP server closes only once its connections have: stop listening,
+    // end the sessions, then wait for both.
+    const listening = Promise.all(this.listeners.map((l) => l.close()));
     for (const s of this.sessions) s.end('secondary closing');
     await Promise.all([...this.sessions].map((s) => s.closed));
+    await listening;
     for (const v of this.volumes.values()) await v.close();
     this.volumes.clear();
   }

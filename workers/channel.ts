@@ -19,7 +19,7 @@
 import { parentPort } from './port.ts';
 import { Control, Journal, paddingMagic } from '../engine/journal.ts';
 import { ChannelState, type ChannelConfig } from '../engine/channel-config.ts';
-import { errors, type BlockmirrorError } from '../engine/errors.ts';
+import { BlockmirrorError, errors } from '../engine/errors.ts';
 import { newNonce, proof, proofMatches } from '../engine/auth.ts';
 import { FrameDecoder, type Frame } from '../engine/frame-decoder.ts';
 import { FrameEncoder } from '../engine/frame-encoder.ts';
@@ -108,6 +108,9 @@ async function open(firstSeq: number): Promise<void> {
   if (my !== attempt || state === ChannelState.stopped) return l.destroy('superseded');
   link = l;
   lastHeard = performance.now();
+  const handshakeTimer = setTimeout(() => {
+    if (handshake !== 'done') fail(errors.CONNECT(`Cannot mirror to ${config.url}: no handshake within ${config.connectTimeoutMs} ms`), my);
+  }, config.connectTimeoutMs);
   const nonce = newNonce();
   let handshake: 'challenge' | 'welcome' | 'done' = 'challenge';
   let serverNonce: Uint8Array | undefined;
@@ -118,7 +121,9 @@ async function open(firstSeq: number): Promise<void> {
       lastHeard = performance.now();
       const h = frame.header;
       if (frame.type === FrameType.refuse) {
-        return fail(errors.REFUSED(`The secondary refused: ${h[2]} [${h[1]}]`), my, String(h[1]));
+        // Keep the peer's own code (BM_ERR_AUTH, BM_ERR_MISMATCH, ...): it says why.
+        const code = /^BM_ERR_[A-Z_]+$/.test(String(h[1])) ? String(h[1]) : 'BM_ERR_REFUSED';
+        return fail(new BlockmirrorError(code, `The secondary at ${config.url} refused: ${h[2]}`), my);
       }
       if (frame.type === FrameType.ping) return void l.send(encoder.encode([FrameType.pong, h[1]]));
       if (frame.type === FrameType.pong) return;
@@ -150,6 +155,7 @@ async function open(firstSeq: number): Promise<void> {
           return fail(errors.AUTH(`Cannot mirror to ${config.url}: the secondary could not prove it holds the secret`), my);
         }
         handshake = 'done';
+        clearTimeout(handshakeTimer);
         state = ChannelState.connected;
         publish();
         parentPort.post({ type: 'connected', created: Array.isArray(w.created) ? w.created.map(Boolean) : [] });
@@ -162,7 +168,10 @@ async function open(firstSeq: number): Promise<void> {
     },
   });
   l.onData((chunk) => decoder.feed(chunk));
-  l.onClose((reason) => fail(errors.LINK_LOST(`Lost the link to ${config.url}: ${reason}`), my));
+  l.onClose((reason) => {
+    clearTimeout(handshakeTimer);
+    fail(errors.LINK_LOST(`Lost the link to ${config.url}: ${reason}`), my);
+  });
   l.onDrain(() => {
     blocked = false;
     drain();
@@ -267,7 +276,7 @@ function stopTimers(): void {
   ticker = undefined;
 }
 
-function fail(error: BlockmirrorError, my: number, peerCode?: string): void {
+function fail(error: BlockmirrorError, my: number): void {
   if (my !== attempt || state === ChannelState.failed || state === ChannelState.stopped) return;
   state = ChannelState.failed;
   stopTimers();
@@ -275,7 +284,7 @@ function fail(error: BlockmirrorError, my: number, peerCode?: string): void {
   link = undefined;
   sentCount = 0;
   publish();
-  parentPort.post({ type: 'failed', error: { code: error.code, message: error.message }, peerCode });
+  parentPort.post({ type: 'failed', error: { code: error.code, message: error.message } });
 }
 
 parentPort.post({ type: 'ready' });

@@ -1,0 +1,245 @@
+// The mirror data path end to end, on tcp:// and ws://: random workloads
+// compared byte for byte after a clean stop, a socket destroyed mid-frame, a
+// secondary restarted, stalled acknowledgements, refused secrets and
+// mismatched volumes.
+import fs from 'node:fs';
+import path from 'node:path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { Primary, type PrimaryEvent } from '../engine/primary.ts';
+import { Secondary } from '../engine/secondary.ts';
+import { FaultProxy } from './proxy.ts';
+import { prng, randomBytes, tempDir, testSeed } from './helpers.ts';
+
+const KiB = 1024;
+type Scheme = 'tcp' | 'ws';
+
+interface Setup {
+  primary: Primary;
+  secondary: Secondary;
+  proxy?: FaultProxy;
+  dir: string;
+  events: PrimaryEvent[];
+  stop(): Promise<void>;
+}
+
+async function mirrorPair(options: {
+  scheme: Scheme;
+  mode?: 'sync' | 'async';
+  proxy?: boolean;
+  secret?: Uint8Array;
+  primarySecret?: Uint8Array;
+  volumes?: Array<{ name: string; size: number }>;
+  ackTimeoutMs?: number;
+  heartbeatMs?: number;
+  waitDuplex?: boolean;
+}): Promise<Setup> {
+  const { dir, cleanup } = tempDir('bm-mirror-');
+  const secondary = await Secondary.start({ dir: path.join(dir, 's'), listen: [`${options.scheme}://127.0.0.1:0`], secret: options.secret });
+  const port = Number(secondary.urls[0]!.split(':').pop());
+  const proxy = options.proxy ? await FaultProxy.start(port) : undefined;
+  const primary = await Primary.start({
+    dir: path.join(dir, 'p'),
+    volumes: options.volumes ?? [{ name: 'db', size: 512 * KiB }, { name: 'log', size: 128 * KiB }],
+    mirror: proxy ? proxy.url(options.scheme) : secondary.urls[0]!,
+    mode: options.mode ?? 'sync',
+    secret: options.primarySecret ?? options.secret,
+    journalBytes: 1 << 20,
+    payloadBytesMax: 64 * KiB,
+    ackTimeoutMs: options.ackTimeoutMs ?? 2000,
+    heartbeatMs: options.heartbeatMs ?? 200,
+    reconnectDelayMinMs: 20,
+    reconnectDelayMaxMs: 200,
+    pool: 'none',
+  });
+  const events: PrimaryEvent[] = [];
+  primary.onEvent((e) => events.push(e));
+  if (options.waitDuplex !== false) await primary.waitDuplex(10_000);
+  let stopped = false;
+  return {
+    primary,
+    secondary,
+    proxy,
+    dir,
+    events,
+    stop: async () => {
+      if (stopped) return;
+      stopped = true;
+      await primary.close();
+      await secondary.close();
+      await proxy?.close();
+      cleanup();
+    },
+  };
+}
+
+function sameImages(dir: string, names: string[], label: string): void {
+  for (const name of names) {
+    const a = fs.readFileSync(path.join(dir, 'p', `${name}.img`));
+    const b = fs.readFileSync(path.join(dir, 's', `${name}.img`));
+    assert.is(a.length, b.length, `${label}: ${name} sizes`);
+    const differ = a.findIndex((byte, i) => byte !== b[i]);
+    assert.is(differ, -1, `${label}: ${name}.img differs first at byte ${differ}`);
+  }
+}
+
+/** A random workload of overlapping writes, zeroes, trims and flushes over both volumes. */
+async function workload(setup: Setup, random: () => number, count: number, concurrency = 8): Promise<void> {
+  const pairs = setup.primary.pairs;
+  let issued = 0;
+  const worker = async () => {
+    while (issued < count) {
+      issued++;
+      const pair = pairs[Math.floor(random() * pairs.length)]!;
+      const r = random();
+      const length = 1 + Math.floor(random() ** 2 * 40 * KiB);
+      const offset = Math.floor(random() * (pair.size - length));
+      if (r < 0.8) await pair.write(offset, randomBytes(random, length), { fua: random() < 0.05 });
+      else if (r < 0.9) await pair.writeZeroes(offset, length);
+      else if (r < 0.97) await pair.trim(offset, length);
+      else await pair.flush();
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+}
+
+async function until(condition: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) assert.unreachable(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+for (const scheme of ['tcp', 'ws'] as const) {
+  for (const mode of ['sync', 'async'] as const) {
+    test(`${scheme}, ${mode}: a random workload, a clean stop, and both images are byte-identical`, async () => {
+      const seed = testSeed();
+      const setup = await mirrorPair({ scheme, mode });
+      try {
+        await workload(setup, prng(seed), 600);
+        assert.ok(setup.primary.pairs.every((p) => p.state === 'duplex'), `seed ${seed}: stayed duplex`);
+        await setup.primary.close();
+        await setup.secondary.close();
+        sameImages(setup.dir, ['db', 'log'], `seed ${seed}`);
+      } finally {
+        await setup.stop();
+      }
+    });
+  }
+
+  test(`${scheme}: a socket destroyed mid-frame suspends the pairs, which reconnect, resync and match`, async () => {
+    const seed = testSeed();
+    const random = prng(seed);
+    const setup = await mirrorPair({ scheme, mode: 'sync', proxy: true });
+    try {
+      await workload(setup, random, 100);
+      for (let round = 0; round < 3; round++) {
+        setup.proxy!.cutAfter(1 + Math.floor(random() * 50 * KiB));
+        await workload(setup, random, 200);
+        await until(() => setup.primary.pairs.every((p) => p.state === 'duplex'), 10_000, `seed ${seed}: duplex again (round ${round})`);
+      }
+      assert.ok(setup.proxy!.cuts >= 1, 'the proxy cut at least one connection');
+      const states = setup.events.filter((e) => e.type === 'state').map((e) => (e as { to: string }).to);
+      assert.ok(states.includes('suspended') && states.includes('syncing'), `seed ${seed}: went through suspended and syncing: ${states.join(',')}`);
+      await setup.primary.close();
+      await setup.secondary.close();
+      sameImages(setup.dir, ['db', 'log'], `seed ${seed}`);
+    } finally {
+      await setup.stop();
+    }
+  });
+}
+
+test('tcp: the secondary restarts; the primary reconnects, resyncs what it missed, and the images match', async () => {
+  const seed = testSeed();
+  const random = prng(seed);
+  const setup = await mirrorPair({ scheme: 'tcp', mode: 'sync', proxy: true });
+  try {
+    await workload(setup, random, 100);
+    const port = Number(setup.secondary.urls[0]!.split(':').pop());
+    await setup.secondary.close();
+    await until(() => setup.primary.pairs.every((p) => p.state === 'suspended'), 10_000, 'suspended');
+    await workload(setup, random, 100); // completes locally, recorded as out of sync
+    assert.ok(setup.primary.pairs.some((p) => p.oos.bytes > 0), 'writes while suspended are recorded');
+    const again = await Secondary.start({ dir: path.join(setup.dir, 's'), listen: [`tcp://127.0.0.1:${port}`] });
+    await until(() => setup.primary.pairs.every((p) => p.state === 'duplex'), 15_000, 'duplex after restart');
+    await setup.primary.close();
+    await again.close();
+    sameImages(setup.dir, ['db', 'log'], `seed ${seed}`);
+  } finally {
+    await setup.stop();
+  }
+});
+
+test('tcp: stalled acknowledgements fail the link by deadline; writes complete locally and resync later', async () => {
+  const seed = testSeed();
+  const random = prng(seed);
+  const setup = await mirrorPair({ scheme: 'tcp', mode: 'sync', proxy: true, ackTimeoutMs: 300, heartbeatMs: 100 });
+  try {
+    setup.proxy!.stall(true);
+    const t0 = Date.now();
+    await workload(setup, random, 20, 2);
+    assert.ok(Date.now() - t0 < 5000, 'held writes were released within the deadline');
+    const failed = setup.events.find((e) => e.type === 'link' && e.status === 'failed') as { code: string } | undefined;
+    assert.ok(failed && ['BM_ERR_ACK_TIMEOUT', 'BM_ERR_HEARTBEAT'].includes(failed.code), `failed with ${failed?.code}`);
+    setup.proxy!.cut();
+    setup.proxy!.stall(false);
+    await until(() => setup.primary.pairs.every((p) => p.state === 'duplex'), 15_000, 'duplex after the stall');
+    await setup.primary.close();
+    await setup.secondary.close();
+    sameImages(setup.dir, ['db', 'log'], `seed ${seed}`);
+  } finally {
+    await setup.stop();
+  }
+});
+
+test('a missing or wrong secret is refused with BM_ERR_AUTH, and nothing is mirrored', async () => {
+  const secret = new TextEncoder().encode('correct horse battery staple');
+  for (const [label, primarySecret] of [
+    ['missing', undefined],
+    ['wrong', new TextEncoder().encode('wrong')],
+  ] as const) {
+    const setup = await mirrorPair({ scheme: 'tcp', secret, primarySecret: primarySecret ?? new Uint8Array(0), waitDuplex: false });
+    try {
+      await until(() => setup.events.some((e) => e.type === 'link' && e.status === 'failed'), 10_000, `${label}: a failure`);
+      const failed = setup.events.find((e) => e.type === 'link' && e.status === 'failed') as { code: string };
+      assert.is(failed.code, 'BM_ERR_AUTH', label);
+      await setup.primary.volume('db').write(0, new Uint8Array([1, 2, 3]));
+      assert.is(setup.primary.volume('db').state, 'suspended');
+      assert.is(setup.secondary.volume('db'), undefined, `${label}: the secondary opened nothing`);
+    } finally {
+      await setup.stop();
+    }
+  }
+  // A primary with a secret refuses a secondary that cannot prove it holds one.
+  const setup = await mirrorPair({ scheme: 'tcp', primarySecret: secret, waitDuplex: false });
+  try {
+    await until(() => setup.events.some((e) => e.type === 'link' && e.status === 'failed'), 10_000, 'primary-side refusal');
+    const failed = setup.events.find((e) => e.type === 'link' && e.status === 'failed') as { code: string };
+    assert.is(failed.code, 'BM_ERR_AUTH');
+  } finally {
+    await setup.stop();
+  }
+});
+
+test('a secondary image of another size is refused with BM_ERR_MISMATCH and left untouched', async () => {
+  const { dir, cleanup } = tempDir('bm-mismatch-');
+  try {
+    fs.mkdirSync(path.join(dir, 's'));
+    fs.writeFileSync(path.join(dir, 's', 'db.img'), new Uint8Array(64 * KiB).fill(7));
+    const secondary = await Secondary.start({ dir: path.join(dir, 's'), listen: ['ws://127.0.0.1:0'] });
+    const primary = await Primary.start({ dir: path.join(dir, 'p'), volumes: [{ name: 'db', size: 128 * KiB }], mirror: secondary.urls[0]!, pool: 'none', reconnectDelayMinMs: 50 });
+    const events: PrimaryEvent[] = [];
+    primary.onEvent((e) => events.push(e));
+    await until(() => events.some((e) => e.type === 'link' && e.status === 'failed'), 10_000, 'refusal');
+    assert.is((events.find((e) => e.type === 'link') as { code: string }).code, 'BM_ERR_MISMATCH');
+    await primary.close();
+    await secondary.close();
+    assert.equal(new Uint8Array(fs.readFileSync(path.join(dir, 's', 'db.img'))), new Uint8Array(64 * KiB).fill(7));
+  } finally {
+    cleanup();
+  }
+});
+
+test.run();
