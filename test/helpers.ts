@@ -82,3 +82,48 @@ export async function runCli(args: string[], options: { timeoutMs?: number } = {
     });
   });
 }
+
+/** Starts a long-running CLI command; resolves once its stderr contains `ready`. */
+export async function startCli(args: string[], ready: RegExp, timeoutMs = 20_000): Promise<import('node:child_process').ChildProcess & { output: () => string }> {
+  const { spawn } = await import('node:child_process');
+  const { command, args: base } = cliCommand();
+  const child = spawn(command, [...base, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout!.on('data', (d) => (output += d));
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`CLI ${args[0]} did not start: ${output}`));
+    }, timeoutMs);
+    child.stderr!.on('data', (d) => {
+      output += d;
+      if (ready.test(output)) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`CLI ${args[0]} exited with ${code}: ${output}`));
+    });
+  });
+  return Object.assign(child, { output: () => output });
+}
+
+/** A free loopback TCP port (bound and released; good enough on a test machine). */
+export async function freePort(): Promise<number> {
+  const net = await import('node:net');
+  return new Promise((resolve) => {
+    const server = net.createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const port = (server.address() as { port: number }).port;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Resolves when `child` has exited (at once if it already has). */
+export function exited(child: import('node:child_process').ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => child.once('exit', () => resolve()));
+}
