@@ -9,12 +9,14 @@ import { codesCommand } from './cli-codes.ts';
 import { primaryCommand } from './cli-primary.ts';
 import { secondaryCommand } from './cli-secondary.ts';
 import { statusCommand } from './cli-status.ts';
+import { demoCommand } from './cli-demo.ts';
 
 const usage = `Usage: blockmirror <command> [options]
 
 A block-storage engine that mirrors every write to a secondary.
 
 Commands:
+  demo       run a local mirror pair end to end and check it byte for byte
   secondary  receive mirrored writes and apply them to DIR/NAME.img
   primary    serve volumes and mirror every write to a secondary
   status     show a primary's pairs through its control endpoint
@@ -44,6 +46,8 @@ async function main(argv: string[]): Promise<number> {
       return codesCommand(rest);
     case 'secondary':
       return secondaryCommand(rest);
+    case 'demo':
+      return demoCommand(rest);
     case 'primary':
       return primaryCommand(rest);
     case 'status':

@@ -47,4 +47,12 @@ test('codes prints the XXH3 of every segment of an image', async () => {
   }
 });
 
+test('blockmirror demo runs a local mirror pair and exits 0 with byte-identical images', async () => {
+  const r = await runCli(['demo', '--seconds', '1'], { timeoutMs: 60_000 });
+  assert.is(r.code, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, /db\.img: .* byte-identical/);
+  assert.match(r.stdout, /log\.img: .* byte-identical/);
+  assert.match(r.stdout, /every check passed/);
+});
+
 test.run();
