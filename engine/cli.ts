@@ -10,6 +10,7 @@ import { primaryCommand } from './cli-primary.ts';
 import { secondaryCommand } from './cli-secondary.ts';
 import { statusCommand } from './cli-status.ts';
 import { demoCommand } from './cli-demo.ts';
+import { benchCommand } from './cli-bench.ts';
 
 const usage = `Usage: blockmirror <command> [options]
 
@@ -21,6 +22,7 @@ Commands:
   primary    serve volumes and mirror every write to a secondary
   status     show a primary's pairs through its control endpoint
   codes      print the segment codes of an image file
+  bench      run the benchmark suites beside their outside references
 
 Options:
   -h, --help     show this help (also: blockmirror <command> --help)
@@ -48,6 +50,8 @@ async function main(argv: string[]): Promise<number> {
       return secondaryCommand(rest);
     case 'demo':
       return demoCommand(rest);
+    case 'bench':
+      return benchCommand(rest);
     case 'primary':
       return primaryCommand(rest);
     case 'status':

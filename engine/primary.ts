@@ -145,6 +145,16 @@ export class Primary {
     }
   }
 
+  /**
+   * Resolves once the secondary has acknowledged every record queued so far
+   * (true), or false if the link failed first. Unlike `flush()` it asks for
+   * no durability: it is the point where async mode has caught up.
+   */
+  async drain(): Promise<boolean> {
+    const last = (this.channel.nextSeq - 1) >>> 0;
+    return this.channel.waitAck(last);
+  }
+
   status(): PrimaryStatus {
     const e = this.channel.lastError;
     return {

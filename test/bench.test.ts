@@ -7,8 +7,9 @@ import { context } from '../bench/harness.ts';
 import { volumeWrite } from '../bench/volume-write.ts';
 import { hashPool } from '../bench/hash-pool.ts';
 import { codesCost } from '../bench/codes-cost.ts';
+import { mirror } from '../bench/mirror.ts';
 
-for (const [name, suite] of Object.entries({ volumeWrite, hashPool, codesCost })) {
+for (const [name, suite] of Object.entries({ volumeWrite, hashPool, codesCost, mirror })) {
   test(`benchmark suite ${name} runs at tiny size and reports numbers`, async () => {
     const result = await suite(context('tiny', () => {}));
     assert.ok(result.rows.length > 0);

@@ -56,14 +56,8 @@ export function hex(bytes: Uint8Array): string {
   return s;
 }
 
-/** The command that runs the blockmirror CLI from source on the runtime running the tests. */
-export function cliCommand(): { command: string; args: string[] } {
-  const g = globalThis as { Bun?: unknown; Deno?: unknown };
-  const entry = new URL('../engine/cli.ts', import.meta.url).pathname;
-  if (g.Bun) return { command: process.execPath, args: ['run', entry] };
-  if (g.Deno) return { command: process.execPath, args: ['run', '--allow-all', entry] };
-  return { command: process.execPath, args: ['--import', 'tsx', entry] };
-}
+export { cliCommand, startCli } from '../bench/cli-process.ts';
+import { cliCommand } from '../bench/cli-process.ts';
 
 /** Runs the CLI to completion and returns its exit code and output. */
 export async function runCli(args: string[], options: { timeoutMs?: number } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -81,33 +75,6 @@ export async function runCli(args: string[], options: { timeoutMs?: number } = {
       resolve({ code, stdout, stderr });
     });
   });
-}
-
-/** Starts a long-running CLI command; resolves once its stderr contains `ready`. */
-export async function startCli(args: string[], ready: RegExp, timeoutMs = 20_000): Promise<import('node:child_process').ChildProcess & { output: () => string }> {
-  const { spawn } = await import('node:child_process');
-  const { command, args: base } = cliCommand();
-  const child = spawn(command, [...base, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  child.stdout!.on('data', (d) => (output += d));
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`CLI ${args[0]} did not start: ${output}`));
-    }, timeoutMs);
-    child.stderr!.on('data', (d) => {
-      output += d;
-      if (ready.test(output)) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`CLI ${args[0]} exited with ${code}: ${output}`));
-    });
-  });
-  return Object.assign(child, { output: () => output });
 }
 
 /** A free loopback TCP port (bound and released; good enough on a test machine). */

@@ -32,6 +32,13 @@ parentPort.onMessage((msg) => handle(msg));
 
 /** Bytes handed to the socket in one call at most. */
 const sendBatchBytesMax = 1024 * 1024;
+/**
+ * Bytes the socket may hold queued before the worker waits for it to drain.
+ * Node's own threshold (16 KiB) would stall the drain loop after every
+ * large frame; the queued bytes live in the ring anyway, so the queue costs
+ * no extra memory.
+ */
+const socketQueuedBytesMax = 8 * 1024 * 1024;
 
 let config: ChannelConfig;
 let journal: Journal;
@@ -251,9 +258,9 @@ function drain(): void {
 
 /** Hands ring bytes [from, to) to the socket. False when it asked us to wait for drain. */
 function send(from: number, to: number): boolean {
-  const ok = link!.send(journal.ring.subarray(from, to));
-  if (!ok) blocked = true;
-  return ok;
+  link!.send(journal.ring.subarray(from, to));
+  if (link!.buffered() > socketQueuedBytesMax) blocked = true;
+  return !blocked;
 }
 
 function startTimers(my: number): void {

@@ -1,0 +1,38 @@
+/** How to start the blockmirror CLI from source on the runtime running this code. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+export function cliCommand(): { command: string; args: string[] } {
+  const g = globalThis as { Bun?: unknown; Deno?: unknown };
+  const fromSource = import.meta.url.endsWith('.ts');
+  const entry = fileURLToPath(new URL(`../engine/cli.${fromSource ? 'ts' : 'js'}`, import.meta.url));
+  if (g.Bun) return { command: process.execPath, args: ['run', entry] };
+  if (g.Deno) return { command: process.execPath, args: ['run', '--allow-all', entry] };
+  return { command: process.execPath, args: fromSource ? ['--import', 'tsx', entry] : [entry] };
+}
+
+/** Starts a long-running CLI command; resolves once its stderr matches `ready`. */
+export async function startCli(args: string[], ready: RegExp, timeoutMs = 20_000): Promise<ChildProcess & { output: () => string }> {
+  const { command, args: base } = cliCommand();
+  const child = spawn(command, [...base, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout!.on('data', (d) => (output += d));
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`CLI ${args[0]} did not start: ${output}`));
+    }, timeoutMs);
+    child.stderr!.on('data', (d) => {
+      output += d;
+      if (ready.test(output)) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`CLI ${args[0]} exited with ${code}: ${output}`));
+    });
+  });
+  return Object.assign(child, { output: () => output });
+}
