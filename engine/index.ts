@@ -16,3 +16,6 @@ export { HashPool, type HashPoolOptions } from './hash-pool.ts';
 export { codeAlgorithms, codeBytes, type CodeAlgorithm, type CodeSnapshot } from './codes.ts';
 export { BlockmirrorError, errors, type ErrorCode, type PlainError } from './errors.ts';
 export { KiB, MiB, GiB, parseSize, formatSize, defaultBlockBytes, defaultSegmentBytes } from './geometry.ts';
+export { Primary, type PrimaryOptions, type PrimaryVolumeOptions, type PrimaryStatus, type PrimaryEvent, type VolumeStatus } from './primary.ts';
+export { Secondary, type SecondaryOptions } from './secondary.ts';
+export { type Pair, type PairState, type PairEvent } from './pair.ts';

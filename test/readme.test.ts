@@ -31,4 +31,33 @@ test('the README example for embedding a volume runs', async () => {
   }
 });
 
+test('the README example for embedding a mirrored pair runs', async () => {
+  const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
+  const section = readme.slice(readme.indexOf('### Embedding a mirrored pair'));
+  const code = /```ts\n([\s\S]*?)```/.exec(section)?.[1];
+  assert.ok(code, 'the README has a ts example under "Embedding a mirrored pair"');
+  const { dir, cleanup } = tempDir();
+  try {
+    const source =
+      code!
+        .replace("from 'blockmirror'", `from ${JSON.stringify(pathToFileURL(path.join(root, 'engine/index.ts')).href)}`)
+        .replaceAll("'/srv/a'", JSON.stringify(path.join(dir, 'a')))
+        .replaceAll("'/srv/b'", JSON.stringify(path.join(dir, 'b')))
+        .replace('primary.onEvent((event) => console.log(event));', 'const seen = []; primary.onEvent((event) => seen.push(event));')
+        .replace('console.log(primary.status());', 'export const status = primary.status();') + '\nexport { seen };\n';
+    const file = path.join(dir, 'mirror-example.mts');
+    fs.writeFileSync(file, source);
+    const mod = await import(pathToFileURL(file).href);
+    assert.is(mod.status.role, 'primary');
+    assert.is(mod.status.volumes[0].state, 'duplex');
+    assert.ok(mod.seen.length > 0, 'events were delivered');
+    const a = fs.readFileSync(path.join(dir, 'a', 'db.img'));
+    const b = fs.readFileSync(path.join(dir, 'b', 'db.img'));
+    assert.ok(a.equals(b), 'the mirrored image equals the primary image');
+    assert.is(b[0], 1);
+  } finally {
+    cleanup();
+  }
+});
+
 test.run();
