@@ -27,9 +27,11 @@ export async function statusCommand(argv: string[]): Promise<number> {
     `journal: ${formatSize(status.journalBytesUsed)} of ${formatSize(status.journalBytes)}   acknowledged: ${status.ackedSeq}   next: ${status.nextSeq}`,
   ];
   if (status.lastError) lines.push(`last error: ${status.lastError.message} [${status.lastError.code}]`);
-  lines.push('', 'volume            size        state       out of sync   mirrored');
+  lines.push('', 'volume            size        state       out of sync   mirrored      rate');
   for (const v of status.volumes) {
-    lines.push(`${v.name.padEnd(16)}  ${formatSize(v.size).padEnd(10)}  ${v.state.padEnd(10)}  ${formatSize(v.outOfSyncBytes).padEnd(12)}  ${formatSize(v.bytesMirrored)}`);
+    lines.push(
+      `${v.name.padEnd(16)}  ${formatSize(v.size).padEnd(10)}  ${v.state.padEnd(10)}  ${formatSize(v.outOfSyncBytes).padEnd(12)}  ${formatSize(v.bytesMirrored).padEnd(12)}  ${formatSize(v.mirrorBytesPerSec)}/s`,
+    );
   }
   process.stdout.write(lines.join('\n') + '\n');
   return 0;

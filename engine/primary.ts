@@ -44,6 +44,8 @@ export interface VolumeStatus {
   outOfSyncBytes: number;
   writes: number;
   bytesMirrored: number;
+  /** Bytes mirrored per second over the last second. */
+  mirrorBytesPerSec: number;
 }
 
 export interface PrimaryStatus {
@@ -68,6 +70,10 @@ export class Primary {
   private readonly fresh: boolean[];
   private contacts = 0;
   private closed = false;
+  /** Throughput: bytes mirrored per pair at the last sample, and the rate since. */
+  private readonly sampled: number[];
+  private readonly rates: number[];
+  private readonly sampler: ReturnType<typeof setInterval>;
 
   private constructor(mirror: string, mode: 'sync' | 'async', channel: Channel, pairs: Pair[], fresh: boolean[]) {
     this.mirror = mirror;
@@ -75,6 +81,15 @@ export class Primary {
     this.channel = channel;
     this.pairs = pairs;
     this.fresh = fresh;
+    this.sampled = pairs.map(() => 0);
+    this.rates = pairs.map(() => 0);
+    this.sampler = setInterval(() => {
+      pairs.forEach((p, i) => {
+        this.rates[i] = p.bytesMirrored - this.sampled[i]!;
+        this.sampled[i] = p.bytesMirrored;
+      });
+    }, 1000);
+    (this.sampler as { unref?: () => void }).unref?.();
   }
 
   static async start(options: PrimaryOptions): Promise<Primary> {
@@ -174,6 +189,7 @@ export class Primary {
         outOfSyncBytes: p.oos.bytes,
         writes: p.writes,
         bytesMirrored: p.bytesMirrored,
+        mirrorBytesPerSec: this.rates[this.pairs.indexOf(p)]!,
       })),
     };
   }
@@ -186,6 +202,7 @@ export class Primary {
   async close(options: { drainTimeoutMs?: number } = {}): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.sampler);
     const deadline = performance.now() + (options.drainTimeoutMs ?? 5000);
     while (this.channel.connected && this.channel.journalBytesUsed > 0 && performance.now() < deadline) {
       await new Promise((r) => setTimeout(r, 2));
