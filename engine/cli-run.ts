@@ -7,20 +7,11 @@ import fs from 'node:fs';
 import { readSecretFile } from './auth.ts';
 import { errors } from './errors.ts';
 import { parseSize } from './geometry.ts';
+import { onStopSignal } from './runtime.ts';
 
 /** Resolves with the signal's name on the first SIGTERM or SIGINT. */
 export function untilStopped(): Promise<string> {
-  return new Promise((resolve) => {
-    const stop = (signal: string) => {
-      process.off('SIGTERM', term);
-      process.off('SIGINT', int);
-      resolve(signal);
-    };
-    const term = () => stop('SIGTERM');
-    const int = () => stop('SIGINT');
-    process.on('SIGTERM', term);
-    process.on('SIGINT', int);
-  });
+  return new Promise((resolve) => onStopSignal(resolve));
 }
 
 export function parseVolumeSpec(spec: string): { name: string; size: number } {

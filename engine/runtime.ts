@@ -25,3 +25,23 @@ export function coreCount(): number {
  * resolved with the same extension as the module that starts them.
  */
 export const sourceExtension: '.ts' | '.js' = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
+
+/**
+ * Calls `listener` once on the first SIGTERM or SIGINT, instead of the
+ * default of dying. Deno delivers signals through its own API; Node and Bun
+ * through `process`.
+ */
+export function onStopSignal(listener: (signal: 'SIGTERM' | 'SIGINT') => void): void {
+  const deno = (globalThis as { Deno?: { addSignalListener(s: string, l: () => void): void; removeSignalListener(s: string, l: () => void): void } }).Deno;
+  let done = false;
+  const handlers = (['SIGTERM', 'SIGINT'] as const).map((signal) => {
+    const handler = () => {
+      if (done) return;
+      done = true;
+      for (const [s, h] of handlers) (deno ? deno.removeSignalListener(s, h) : process.off(s, h));
+      listener(signal);
+    };
+    return [signal, handler] as const;
+  });
+  for (const [s, h] of handlers) (deno ? deno.addSignalListener(s, h) : process.on(s, h));
+}
