@@ -59,39 +59,31 @@ export class VolumeMemory {
 
   /** Copies `source` into the volume at `offset` (range already checked). */
   write(offset: number, source: Uint8Array): void {
-    let done = 0;
-    while (done < source.length) {
-      const at = offset + done;
-      const span = this.spans[Math.floor(at / spanBytes)]!;
-      const inSpan = at % spanBytes;
-      const n = Math.min(source.length - done, span.length - inSpan);
-      span.set(done === 0 && n === source.length ? source : source.subarray(done, done + n), inSpan);
-      done += n;
-    }
+    const span = this.spans[Math.floor(offset / spanBytes)]!;
+    const inSpan = offset % spanBytes;
+    // The common case: the range lies in one span.
+    if (inSpan + source.length <= span.length) return span.set(source, inSpan);
+    this.eachSpan(offset, source.length, (view, done) => view.set(source.subarray(done, done + view.length)));
   }
 
-  /** Zeroes `length` bytes at `offset` (range already checked). */
+  /** Sets `length` bytes at `offset` to `value` (range already checked). */
   fill(offset: number, length: number, value = 0): void {
-    let done = 0;
-    while (done < length) {
-      const at = offset + done;
-      const span = this.spans[Math.floor(at / spanBytes)]!;
-      const inSpan = at % spanBytes;
-      const n = Math.min(length - done, span.length - inSpan);
-      span.fill(value, inSpan, inSpan + n);
-      done += n;
-    }
+    this.eachSpan(offset, length, (view) => view.fill(value));
   }
 
   /** Copies bytes at `offset` into `target` (range already checked). */
   read(offset: number, target: Uint8Array): void {
-    let done = 0;
-    while (done < target.length) {
+    this.eachSpan(offset, target.length, (view, done) => target.set(view, done));
+  }
+
+  /** Calls `fn` with the view of each span piece of a range, and how far into the range it starts. */
+  private eachSpan(offset: number, length: number, fn: (view: Uint8Array, done: number) => void): void {
+    for (let done = 0; done < length; ) {
       const at = offset + done;
       const span = this.spans[Math.floor(at / spanBytes)]!;
       const inSpan = at % spanBytes;
-      const n = Math.min(target.length - done, span.length - inSpan);
-      target.set(span.subarray(inSpan, inSpan + n), done);
+      const n = Math.min(length - done, span.length - inSpan);
+      fn(span.subarray(inSpan, inSpan + n), done);
       done += n;
     }
   }

@@ -49,6 +49,20 @@ export function spawnWorker(name: string): Promise<WorkerHandle> {
   });
 }
 
+/** Listeners for a worker's death: each called at most once, then dropped. */
+function deathListeners(): { add(l: (e: Error) => void): void; fire(e: Error): void; clear(): void } {
+  let listeners: Array<(e: Error) => void> = [];
+  return {
+    add: (l) => void listeners.push(l),
+    fire: (e) => {
+      const ls = listeners;
+      listeners = [];
+      for (const l of ls) l(e);
+    },
+    clear: () => void (listeners = []),
+  };
+}
+
 function nodeWorker(entry: URL): WorkerHandle {
   const fromSource = entry.pathname.endsWith('.ts');
   const worker = fromSource
@@ -58,20 +72,15 @@ function nodeWorker(entry: URL): WorkerHandle {
   worker.on('message', (m) => {
     for (const l of listeners) l(m);
   });
-  let errorListeners: Array<(e: Error) => void> = [];
-  const fail = (e: Error) => {
-    const ls = errorListeners;
-    errorListeners = [];
-    for (const l of ls) l(e);
-  };
-  worker.on('error', fail);
-  worker.on('exit', (code) => fail(new Error(`worker exited with code ${code}`)));
+  const death = deathListeners();
+  worker.on('error', (e) => death.fire(e as Error));
+  worker.on('exit', (code) => death.fire(new Error(`worker exited with code ${code}`)));
   return {
     post: (m) => worker.postMessage(m),
     onMessage: (l) => void listeners.push(l),
-    onError: (l) => void errorListeners.push(l),
+    onError: (l) => death.add(l),
     terminate: async () => {
-      errorListeners = [];
+      death.clear();
       await worker.terminate();
     },
   };
@@ -83,19 +92,17 @@ function webWorker(entry: URL): WorkerHandle {
   worker.addEventListener('message', (e: MessageEvent) => {
     for (const l of listeners) l(e.data);
   });
-  let errorListeners: Array<(e: Error) => void> = [];
+  const death = deathListeners();
   worker.addEventListener('error', (e: ErrorEvent) => {
     e.preventDefault?.();
-    const ls = errorListeners;
-    errorListeners = [];
-    for (const l of ls) l(new Error(e.message || 'worker error'));
+    death.fire(new Error(e.message || 'worker error'));
   });
   return {
     post: (m) => worker.postMessage(m),
     onMessage: (l) => void listeners.push(l),
-    onError: (l) => void errorListeners.push(l),
+    onError: (l) => death.add(l),
     terminate: async () => {
-      errorListeners = [];
+      death.clear();
       worker.terminate();
     },
   };
