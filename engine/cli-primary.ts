@@ -4,15 +4,19 @@ import { eventWriter, log, parseVolumeSpec, secretFrom, untilStopped } from './c
 import { ControlServer } from './control-server.ts';
 import { errors } from './errors.ts';
 import { Primary } from './primary.ts';
+import { NbdServer } from './nbd-server.ts';
 
 const help = `Usage: blockmirror primary --dir DIR --volume NAME:SIZE [--volume NAME:SIZE] --mirror URL
                            [--mode sync|async] [--secret-file FILE] [--control URL] [--events FILE]
+                           [--nbd unix:PATH | --nbd tcp://HOST:PORT]
 
 Serves volumes DIR/NAME.img (created when missing, SIZE with KiB, MiB or GiB)
 and mirrors every write to the secondary at URL (tcp://HOST:PORT or
 ws://HOST:PORT). sync (default): a write completes when the secondary has
 applied it. async: at once; the secondary lags by at most the journal (64 MiB).
---control URL answers 'blockmirror status --control URL'. Events (link and
+--control URL answers 'blockmirror status --control URL'. --nbd exports every
+volume over NBD (export name = volume name) for qemu-img, nbdcopy, fio and the
+kernel client; a WRITE is answered only once the engine completes it. Events (link and
 state changes) are printed as JSON lines to stdout or appended to --events FILE.
 Stops cleanly on SIGTERM or SIGINT.
 `;
@@ -26,6 +30,7 @@ export async function primaryCommand(argv: string[]): Promise<number> {
     'secret-file': {},
     control: {},
     events: {},
+    nbd: {},
   });
   if (args.help) {
     process.stdout.write(help);
@@ -42,15 +47,22 @@ export async function primaryCommand(argv: string[]): Promise<number> {
   });
   primary.onEvent(eventWriter(args.events as string | undefined));
   let control: ControlServer | undefined;
+  let nbd: NbdServer | undefined;
   try {
     if (args.control) control = await ControlServer.start(args.control as string, () => primary.status());
+    if (args.nbd) nbd = await NbdServer.start({ listen: args.nbd as string, exports: primary.pairs });
   } catch (e) {
+    await control?.close();
     await primary.close();
     throw e;
   }
-  log(`primary mirroring ${primary.pairs.map((p) => p.name).join(', ')} to ${primary.mirror} (${mode})${control ? `, control on ${control.url}` : ''}`);
+  log(
+    `primary mirroring ${primary.pairs.map((p) => p.name).join(', ')} to ${primary.mirror} (${mode})` +
+      `${control ? `, control on ${control.url}` : ''}${nbd ? `, NBD on ${nbd.address}` : ''}`,
+  );
   const signal = await untilStopped();
   log(`${signal}: stopping`);
+  await nbd?.close();
   await control?.close();
   await primary.close();
   return 0;
