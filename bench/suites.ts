@@ -4,6 +4,7 @@ import { volumeWrite } from './volume-write.ts';
 import { hashPool } from './hash-pool.ts';
 import { codesCost } from './codes-cost.ts';
 import { mirror } from './mirror.ts';
+import { nbd } from './nbd.ts';
 import { runtime } from '../engine/runtime.ts';
 import { errors } from '../engine/errors.ts';
 
@@ -12,6 +13,7 @@ export const suites: Record<string, Suite> = {
   'hash-pool': hashPool,
   'codes-cost': codesCost,
   mirror,
+  nbd,
 };
 
 export async function runBenchmarks(names: string[], write: (text: string) => void = (t) => process.stdout.write(t)): Promise<void> {

@@ -117,8 +117,20 @@ function serve(socket: net.Socket, exports: Map<string, NbdTarget>, readOnly: bo
   const transmissionFlags = () =>
     NBD.tHasFlags | NBD.tSendFlush | NBD.tSendFua | NBD.tSendTrim | NBD.tSendWriteZeroes | NBD.tCanMultiConn | (readOnly ? NBD.tReadOnly : 0);
 
+  // Replies completed in the same turn of the event loop leave in one write:
+  // the socket is corked at the first and uncorked on the next tick.
+  let corked = false;
+  const uncork = () => {
+    corked = false;
+    socket.uncork();
+  };
   const reply = (handle: Uint8Array, error: number, data?: Uint8Array) => {
     if (phase === 'closed') return;
+    if (!corked) {
+      corked = true;
+      socket.cork();
+      process.nextTick(uncork);
+    }
     const header = new Uint8Array(16 + (data ? data.length : 0));
     const v = new DataView(header.buffer);
     v.setUint32(0, NBD.simpleReplyMagic);
@@ -272,11 +284,12 @@ function serve(socket: net.Socket, exports: Map<string, NbdTarget>, readOnly: bo
         continue;
       }
       if (input.length < 28) return;
-      const h = new DataView(input.peek(28).slice().buffer);
+      const raw = input.peek(28);
+      const h = new DataView(raw.buffer, raw.byteOffset, 28);
       if (h.getUint32(0) !== NBD.requestMagic) return close();
       const flags = h.getUint16(4);
       const type = h.getUint16(6);
-      const handle = input.peek(28).slice(8, 16);
+      const handle = raw.slice(8, 16);
       const offset = Number(h.getBigUint64(16));
       const length = h.getUint32(24);
       input.take(28);

@@ -8,8 +8,9 @@ import { volumeWrite } from '../bench/volume-write.ts';
 import { hashPool } from '../bench/hash-pool.ts';
 import { codesCost } from '../bench/codes-cost.ts';
 import { mirror } from '../bench/mirror.ts';
+import { nbd } from '../bench/nbd.ts';
 
-for (const [name, suite] of Object.entries({ volumeWrite, hashPool, codesCost, mirror })) {
+for (const [name, suite] of Object.entries({ volumeWrite, hashPool, codesCost, mirror, nbd })) {
   test(`benchmark suite ${name} runs at tiny size and reports numbers`, async () => {
     const result = await suite(context('tiny', () => {}));
     assert.ok(result.rows.length > 0);
