@@ -14,14 +14,16 @@ import { errors } from './errors.ts';
 import { formatSize, MiB } from './geometry.ts';
 import { Primary } from './primary.ts';
 import { Secondary } from './secondary.ts';
+import { NbdServer } from './nbd-server.ts';
+import { spawn, spawnSync } from 'node:child_process';
 
 const help = `Usage: blockmirror demo [--seconds N] [--dir DIR]
 
 Runs a local mirror pair on this machine: a secondary on tcp:// and ws://, a
 primary mirroring volume 'db' (64 MiB, sync) over tcp:// and one mirroring
 'log' (16 MiB, async) over ws://, a random write workload for N seconds
-(default 3), then a clean stop and a byte-for-byte comparison of every image
-with its mirror. Files go to a temporary directory (removed afterwards)
+(default 3), then qemu-img (or nbdcopy) writing 'db' through the NBD export,
+a clean stop and a byte-for-byte comparison of every image with its mirror. Files go to a temporary directory (removed afterwards)
 unless --dir is given. Exits 0 only if every check passed.
 `;
 
@@ -104,6 +106,29 @@ export async function demoCommand(argv: string[]): Promise<number> {
   report(true);
   const elapsed = (performance.now() - started) / 1000;
 
+  // A real block tool writes through the NBD export of the mirrored 'db'.
+  let nbdSource: string | undefined;
+  const tool = ['qemu-img', 'nbdcopy'].find((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status === 0);
+  if (!tool) {
+    say('skipped: the NBD step (neither qemu-img nor nbdcopy is installed: apt-get install qemu-utils libnbd-bin)');
+  } else {
+    const sock = path.join(dir, 'nbd.sock');
+    const nbd = await NbdServer.start({ listen: `unix:${sock}`, exports: overTcp.pairs });
+    nbdSource = path.join(dir, 'nbd-source.raw');
+    const image = new Uint8Array(db.size);
+    for (let i = 0; i < image.length; i += block.length) image.set(block.subarray(0, Math.min(block.length, image.length - i)), i);
+    for (let i = 0; i < image.length; i += 4096) image[i] = (i >>> 12) & 255;
+    fs.writeFileSync(nbdSource, image);
+    const uri = `nbd+unix:///db?socket=${sock}`;
+    const argv = tool === 'qemu-img' ? ['convert', '-n', '-f', 'raw', '-O', 'raw', nbdSource, uri] : [nbdSource, uri];
+    const t0 = performance.now();
+    const code = await new Promise<number | null>((resolve) => spawn(tool, argv, { stdio: 'ignore' }).on('close', resolve));
+    const s = (performance.now() - t0) / 1000;
+    await nbd.close();
+    say(`${tool} wrote ${formatSize(image.length)} into 'db' through the NBD export in ${s.toFixed(2)} s (${(image.length / 1e6 / s).toFixed(0)} MB/s, sync-mirrored): ${code === 0 ? 'ok' : `FAILED (exit ${code})`}`);
+    if (code !== 0) nbdSource = undefined;
+  }
+
   say('stopping cleanly (SIGTERM does the same)...');
   await overTcp.close();
   await overWs.close();
@@ -115,6 +140,11 @@ export async function demoCommand(argv: string[]): Promise<number> {
     const b = fs.readFileSync(path.join(dir, 'secondary', `${name}.img`));
     const same = a.length === b.length && a.equals(b);
     say(`  ${name}.img: ${formatSize(a.length)} on the primary, ${formatSize(b.length)} on the secondary: ${same ? 'byte-identical' : 'DIFFERENT'}`);
+    ok &&= same;
+  }
+  if (nbdSource) {
+    const same = fs.readFileSync(nbdSource).equals(fs.readFileSync(path.join(dir, 'secondary', 'db.img')));
+    say(`  what ${tool} wrote through NBD is on the secondary: ${same ? 'byte-identical' : 'DIFFERENT'}`);
     ok &&= same;
   }
   latencies.sort((x, y) => x - y);
