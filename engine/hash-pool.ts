@@ -27,6 +27,12 @@ export interface HashPoolOptions {
    * Larger values cost less under sustained writes; codes then lag longer.
    */
   rehashDelayMs?: number;
+  /**
+   * Largest share of one core (0 to 1) each worker's background passes may
+   * take. Default 0.25. Past it a worker rests, so codes lag under heavy
+   * random writes rather than slowing them; `settle()` is not capped.
+   */
+  hashDutyMax?: number;
 }
 
 interface Pending {
@@ -38,6 +44,7 @@ interface Pending {
 export class HashPool {
   readonly workerCount: number;
   readonly rehashDelayMs: number;
+  readonly hashDutyMax: number;
   private readonly workers: WorkerHandle[];
   /** Per worker: segments hashed, bytes hashed (each slot written by its worker only). */
   private readonly counters: Float64Array;
@@ -47,10 +54,11 @@ export class HashPool {
   private failure: BlockmirrorError | undefined;
   private closed = false;
 
-  private constructor(workers: WorkerHandle[], rehashDelayMs: number) {
+  private constructor(workers: WorkerHandle[], rehashDelayMs: number, hashDutyMax: number) {
     this.workers = workers;
     this.workerCount = workers.length;
     this.rehashDelayMs = rehashDelayMs;
+    this.hashDutyMax = hashDutyMax;
     this.counters = new Float64Array(new SharedArrayBuffer(16 * workers.length));
     workers.forEach((w, index) => w.post({ type: 'init', stats: this.counters.buffer, index }));
     for (const w of workers) {
@@ -68,8 +76,12 @@ export class HashPool {
     if (typeof delay !== 'number' || !(delay >= 0) || delay > 60_000) {
       throw errors.INVALID_ARGUMENT(`Cannot use rehash delay ${String(delay)} ms: use a number from 0 to 60000`);
     }
+    const duty = options.hashDutyMax ?? 0.25;
+    if (typeof duty !== 'number' || !(duty > 0 && duty <= 1)) {
+      throw errors.INVALID_ARGUMENT(`Cannot use hash duty ${String(duty)}: use a number above 0 and at most 1`);
+    }
     const workers = await Promise.all(Array.from({ length: count }, () => spawnWorker('hasher')));
-    return new HashPool(workers, delay);
+    return new HashPool(workers, delay, duty);
   }
 
   private static sharedPool: Promise<HashPool> | undefined;
@@ -113,6 +125,7 @@ export class HashPool {
       type: 'attach',
       id,
       delayMs: this.rehashDelayMs,
+      dutyMax: this.hashDutyMax,
       setup: { ...setup, owner, owners: this.workerCount },
     }));
     return id;

@@ -23,6 +23,8 @@ const passBudgetMs = 20;
 
 const volumes = new Map<number, SegmentHasher>();
 let delayMs = 5;
+/** Largest share of one core the background passes may take (explicit settles are not capped). */
+let dutyMax = 0.25;
 let timer: ReturnType<typeof setTimeout> | undefined;
 let stopped = false;
 /** This worker's counters in the pool's shared stats: segments hashed, bytes hashed. */
@@ -45,6 +47,7 @@ async function handle(msg: any): Promise<void> {
         const setup: HasherSetup = msg.setup;
         volumes.set(msg.id, await SegmentHasher.create(setup));
         delayMs = msg.delayMs;
+        dutyMax = msg.dutyMax;
         schedule(0);
         break;
       }
@@ -76,13 +79,19 @@ function schedule(ms: number): void {
 
 function tick(): void {
   timer = undefined;
+  const started = performance.now();
   let more = false;
   for (const hasher of volumes.values()) {
     const result = hasher.pass('quiet', passBudgetMs);
     count(result);
     if (result.cutShort) more = true;
   }
-  if (volumes.size > 0) schedule(more ? 0 : delayMs);
+  // Rest long enough that background hashing takes at most `dutyMax` of a
+  // core: under a storm of small random writes codes then lag (and are
+  // computed on demand by settle) instead of taking a core from the writers.
+  const busy = performance.now() - started;
+  const rest = dutyMax >= 1 ? 0 : (busy * (1 - dutyMax)) / dutyMax;
+  if (volumes.size > 0) schedule(Math.max(more ? 0 : delayMs, rest));
 }
 
 parentPort.post({ type: 'ready' });
