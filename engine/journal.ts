@@ -123,9 +123,7 @@ export class Journal {
     const c = this.control;
     Atomics.store(c, Control.head, (Atomics.load(c, Control.head) + bytes) | 0);
     Atomics.add(c, Control.doorbell, 1);
-    // Only the commit that finds the worker asleep wakes it: later commits
-    // before it is up again would only repeat the system call.
-    if (Atomics.compareExchange(c, Control.sleeping, 1, 0) === 1) Atomics.notify(c, Control.doorbell);
+    if (Atomics.load(c, Control.sleeping) === 1) Atomics.notify(c, Control.doorbell);
   }
 
   /** Consumer: releases everything up to position `position` (acknowledged by the peer). */
