@@ -151,26 +151,28 @@ for (const scheme of ['tcp', 'ws'] as const) {
   });
 }
 
-test('tcp: the secondary restarts; the primary reconnects, resyncs what it missed, and the images match', async () => {
-  const seed = testSeed();
-  const random = prng(seed);
-  const setup = await mirrorPair({ scheme: 'tcp', mode: 'sync', proxy: true });
-  try {
-    await workload(setup, random, 100);
-    const port = Number(setup.secondary.urls[0]!.split(':').pop());
-    await setup.secondary.close();
-    await until(() => setup.primary.pairs.every((p) => p.state === 'suspended'), 10_000, 'suspended');
-    await workload(setup, random, 100); // completes locally, recorded as out of sync
-    assert.ok(setup.primary.pairs.some((p) => p.oos.bytes > 0), 'writes while suspended are recorded');
-    const again = await Secondary.start({ dir: path.join(setup.dir, 's'), listen: [`tcp://127.0.0.1:${port}`] });
-    await until(() => setup.primary.pairs.every((p) => p.state === 'duplex'), 15_000, 'duplex after restart');
-    await setup.primary.close();
-    await again.close();
-    sameImages(setup.dir, ['db', 'log'], `seed ${seed}`);
-  } finally {
-    await setup.stop();
-  }
-});
+for (const scheme of ['tcp', 'ws'] as const) {
+  test(`${scheme}: the secondary restarts; the primary reconnects, resyncs what it missed, and the images match`, async () => {
+    const seed = testSeed();
+    const random = prng(seed);
+    const setup = await mirrorPair({ scheme, mode: 'sync', proxy: true });
+    try {
+      await workload(setup, random, 100);
+      const port = Number(setup.secondary.urls[0]!.split(':').pop());
+      await setup.secondary.close();
+      await until(() => setup.primary.pairs.every((p) => p.state === 'suspended'), 10_000, 'suspended');
+      await workload(setup, random, 100); // completes locally, recorded as out of sync
+      assert.ok(setup.primary.pairs.some((p) => p.oos.bytes > 0), 'writes while suspended are recorded');
+      const again = await Secondary.start({ dir: path.join(setup.dir, 's'), listen: [`${scheme}://127.0.0.1:${port}`] });
+      await until(() => setup.primary.pairs.every((p) => p.state === 'duplex'), 15_000, 'duplex after restart');
+      await setup.primary.close();
+      await again.close();
+      sameImages(setup.dir, ['db', 'log'], `seed ${seed}`);
+    } finally {
+      await setup.stop();
+    }
+  });
+}
 
 test('tcp: stalled acknowledgements fail the link by deadline; writes complete locally and resync later', async () => {
   const seed = testSeed();
