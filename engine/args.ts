@@ -49,3 +49,11 @@ export function parseArgs(command: string, argv: string[], spec: Record<string, 
   }
   return out;
 }
+
+/** Reads a duration: a number with `ms`, `s` or `m` (seconds when bare), as whole milliseconds. */
+export function parseDuration(text: string, what: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text.trim());
+  const ms = m ? Math.round(Number(m[1]) * (m[2] === 'ms' ? 1 : m[2] === 'm' ? 60_000 : 1000)) : NaN;
+  if (!(ms >= 1 && ms <= 24 * 3600 * 1000)) throw errors.USAGE(`${what}: cannot read duration '${text}': write e.g. 30s, 500ms or 2m (1 ms to 24 h)`);
+  return ms;
+}

@@ -18,7 +18,9 @@ export function newNonce(): Uint8Array {
   return new Uint8Array(crypto.randomBytes(nonceBytes));
 }
 
-export function proof(secret: Uint8Array, role: 'primary' | 'secondary', peerNonce: Uint8Array, ownNonce: Uint8Array): Uint8Array {
+export type ProofRole = 'primary' | 'secondary' | 'controller' | 'member' | 'operator';
+
+export function proof(secret: Uint8Array, role: ProofRole, peerNonce: Uint8Array, ownNonce: Uint8Array): Uint8Array {
   return new Uint8Array(crypto.createHmac('sha256', secret).update(`blockmirror ${role}`).update(peerNonce).update(ownNonce).digest());
 }
 

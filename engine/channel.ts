@@ -70,6 +70,8 @@ export class Channel {
   private readonly options: ChannelOptions;
   private readonly ackWaiters = new Fifo<{ seq: number; resolve: (acked: boolean) => void }>();
   private readonly roomWaiters = new Fifo<{ bytes: number; resolve: (ok: boolean) => void }>();
+  /** Callers of `failureHandled` waiting for the main thread to handle a failure the worker published. */
+  private failureWaiters: Array<() => void> = [];
   /** Ring bytes granted by `room` and not yet appended (twice each record's size). */
   private reserved = 0;
   private handledState: number = ChannelState.connecting;
@@ -171,6 +173,16 @@ export class Channel {
     return new Promise((resolve) => this.ackWaiters.push({ seq, resolve }));
   }
 
+  /**
+   * Resolves once a failure the worker has published (shared state
+   * `failed`) has been handled here: its unacknowledged records read back
+   * and reported, its waiters failed. At once when there is none pending.
+   */
+  failureHandled(): Promise<void> {
+    if (this.stopped || this.state !== ChannelState.failed || this.handledState === ChannelState.failed) return Promise.resolve();
+    return new Promise((resolve) => this.failureWaiters.push(resolve));
+  }
+
   /** Bytes a record with this payload takes in the ring. */
   recordBytes(payloadBytes: number): number {
     return alignedFrameBytes(32, payloadBytes);
@@ -188,6 +200,7 @@ export class Channel {
     await stopped;
     await this.worker.terminate();
     this.failWaiters();
+    for (const resolve of this.failureWaiters.splice(0)) resolve();
   }
 
   /**
@@ -277,6 +290,7 @@ export class Channel {
     this.failWaiters();
     this.lastError ??= errors.LINK_LOST(`Lost the link to ${this.url}`);
     this.events.onFailed(this.lastError, lost);
+    for (const resolve of this.failureWaiters.splice(0)) resolve();
     if (this.stopped) return;
     const delay = this.reconnectDelayMs;
     this.reconnectDelayMs = Math.min(this.reconnectDelayMs * 2, this.options.reconnectDelayMaxMs ?? 5000);

@@ -14,7 +14,10 @@ Serves volumes DIR/NAME.img (created when missing, SIZE with KiB, MiB or GiB)
 and mirrors every write to the secondary at URL (tcp://HOST:PORT or
 ws://HOST:PORT). sync (default): a write completes when the secondary has
 applied it. async: at once; the secondary lags by at most the journal (64 MiB).
---control URL answers 'blockmirror status --control URL'. --nbd exports every
+--control URL answers 'blockmirror status --control URL', takes 'blockmirror
+freeze|run --control URL', and lets a controller ('blockmirror controller
+--member URL') join this primary to a consistency group; with --secret-file the
+controller and operators must prove they hold the same secret. --nbd exports every
 volume over NBD (export name = volume name) for qemu-img, nbdcopy, fio and the
 kernel client; a WRITE is answered only once the engine completes it. Events (link and
 state changes) are printed as JSON lines to stdout or appended to --events FILE.
@@ -38,18 +41,20 @@ export async function primaryCommand(argv: string[]): Promise<number> {
   }
   const mode = (args.mode as string | undefined) ?? 'sync';
   if (mode !== 'sync' && mode !== 'async') throw errors.USAGE(`primary: --mode must be sync or async, not '${mode}'`);
+  const secret = secretFrom(args['secret-file'] as string | undefined);
   const primary = await Primary.start({
     dir: args.dir as string,
     volumes: (args.volume as string[]).map(parseVolumeSpec),
     mirror: args.mirror as string,
     mode,
-    secret: secretFrom(args['secret-file'] as string | undefined),
+    secret,
+    name: args.control as string | undefined,
   });
   primary.onEvent(eventWriter(args.events as string | undefined));
   let control: ControlServer | undefined;
   let nbd: NbdServer | undefined;
   try {
-    if (args.control) control = await ControlServer.start(args.control as string, () => primary.status());
+    if (args.control) control = await ControlServer.start(args.control as string, primary.controlEndpoint(secret));
     if (args.nbd) nbd = await NbdServer.start({ listen: args.nbd as string, exports: primary.pairs });
   } catch (e) {
     await control?.close();

@@ -11,6 +11,8 @@ import { secondaryCommand } from './cli-secondary.ts';
 import { statusCommand } from './cli-status.ts';
 import { demoCommand } from './cli-demo.ts';
 import { benchCommand } from './cli-bench.ts';
+import { controllerCommand } from './cli-controller.ts';
+import { operatorCommand } from './cli-operator.ts';
 
 const usage = `Usage: blockmirror <command> [options]
 
@@ -20,7 +22,10 @@ Commands:
   demo       run a local mirror pair end to end and check it byte for byte
   secondary  receive mirrored writes and apply them to DIR/NAME.img
   primary    serve volumes and mirror every write to a secondary
-  status     show a primary's pairs through its control endpoint
+  controller join primaries into a consistency group, frozen together on a failure
+  status     show a primary's pairs, or a controller's group, through its control endpoint
+  freeze     freeze a consistency group (or one primary) now
+  run        release the writes of a frozen group
   codes      print the segment codes of an image file
   bench      run the benchmark suites beside their outside references
 
@@ -56,6 +61,11 @@ async function main(argv: string[]): Promise<number> {
       return primaryCommand(rest);
     case 'status':
       return statusCommand(rest);
+    case 'controller':
+      return controllerCommand(rest);
+    case 'freeze':
+    case 'run':
+      return operatorCommand(command, rest);
     default:
       throw errors.USAGE(`Unknown command '${command}' (see blockmirror --help)`);
   }

@@ -88,6 +88,12 @@ export const errors = {
   ACK_TIMEOUT: make('BM_ERR_ACK_TIMEOUT'),
   /** The peer sent nothing for several heartbeat intervals. */
   HEARTBEAT: make('BM_ERR_HEARTBEAT'),
+  /** Writes are fenced: the consistency group froze with policy `stop` and no RUN has come yet. */
+  FROZEN: make('BM_ERR_FROZEN'),
+  /** A control request names a group this member does not belong to, or needs a group it has not joined. */
+  UNKNOWN_GROUP: make('BM_ERR_UNKNOWN_GROUP'),
+  /** A consistency group that cannot keep its promise: async members on more than one channel. */
+  GROUP_ASYNC: make('BM_ERR_GROUP_ASYNC'),
   /** Bad command-line usage. */
   USAGE: make('BM_ERR_USAGE'),
   /** A broken internal invariant: a bug, never an operating condition. */

@@ -15,7 +15,7 @@
  */
 import { Unpackr } from 'msgpackr';
 import { errors, type BlockmirrorError } from './errors.ts';
-import { FrameType, frameMagic, headerBytesMax, payloadBytesMaxDefault, prefixBytes, type FrameTypeValue } from './frame.ts';
+import { FrameType, frameMagic, objectFrameTypes, objectPayloadFrameTypes, headerBytesMax, payloadBytesMaxDefault, prefixBytes, type FrameTypeValue } from './frame.ts';
 import { instantiateKernel, KERNEL_HEADER_BYTES, writeKernelHeader, type Kernel } from './kernel.ts';
 
 export interface Frame {
@@ -162,15 +162,14 @@ function checkShape(header: unknown, payloadBytes: number): string | undefined {
     case FrameType.statusReply:
       if (header.length !== 1) return 'status reply needs [type] and a JSON payload';
       return undefined;
-    case FrameType.challenge:
-    case FrameType.hello:
-    case FrameType.welcome:
-      if (header.length !== 2 || !isObject(header[1])) return `type ${type} needs [type, {fields}]`;
-      return noPayload;
     case FrameType.refuse:
       if (header.length !== 3 || typeof header[1] !== 'string' || typeof header[2] !== 'string') return 'refuse needs [type, code, message]';
       return noPayload;
     default:
+      if (objectFrameTypes.has(type as number)) {
+        if (header.length !== 2 || !isObject(header[1])) return `type ${type} needs [type, {fields}]`;
+        return objectPayloadFrameTypes.has(type as number) ? undefined : noPayload;
+      }
       return `unknown frame type ${JSON.stringify(type)?.slice(0, 20)}`;
   }
 }

@@ -46,7 +46,35 @@ export const FrameType = {
   status: 11,
   /** control endpoint → status client: [type] + JSON payload */
   statusReply: 12,
+  // Consistency-group control (docs/protocol.md, "Control"). Each is [type, {fields}].
+  /** controller → member, after the member's challenge: joins it to a group */
+  join: 13,
+  /** member → controller: the join is accepted; the member's phase, link and volumes */
+  joined: 14,
+  /** member → controller: a mirror failed here; writes are held */
+  notice: 15,
+  /** controller → member: hold writes and stop mirroring */
+  freeze: 16,
+  /** member → controller: frozen for this epoch */
+  frozen: 17,
+  /** controller → member: release held writes: go (complete locally) or stop (fail them) */
+  run: 18,
+  /** member → controller: phase, link and volume states changed */
+  memberState: 19,
+  /** controller → member: every member can mirror again: resync together */
+  resume: 20,
+  /** controller → member: the controller stops cleanly; the member leaves the group */
+  leave: 21,
+  /** operator → control endpoint: freeze or run */
+  command: 22,
+  /** control endpoint → operator: the command's outcome */
+  reply: 23,
 } as const;
+
+/** Frame types whose header is exactly [type, {fields}]. */
+export const objectFrameTypes: ReadonlySet<number> = new Set([1, 2, 3, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]);
+/** Of those, the ones that may carry a payload (a member's volume list, as JSON, which may outgrow a header). */
+export const objectPayloadFrameTypes: ReadonlySet<number> = new Set([14, 19]);
 
 export type FrameTypeValue = (typeof FrameType)[keyof typeof FrameType];
 

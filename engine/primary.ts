@@ -1,10 +1,11 @@
 /**
- * The primary node: its volumes, one channel to the secondary, and a pair
- * per volume. It wires storage to the mirror (the volume never sees the
- * network; the channel never touches a file).
+ * The primary node: its volumes, one channel to the secondary, a pair per
+ * volume, and its membership in a consistency group (member.ts), which every
+ * write passes first. It wires storage to the mirror (the volume never sees
+ * the network; the channel never touches a file).
  *
- * Events (pair state changes, link failures) go to every listener given to
- * `onEvent`, as plain objects with an ISO timestamp.
+ * Events (pair state changes, link failures, group events) go to every
+ * listener given to `onEvent`, as plain objects with an ISO timestamp.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -14,7 +15,10 @@ import { Pair, type PairEvent, type PairState } from './pair.ts';
 import { Volume } from './volume.ts';
 import type { CodeAlgorithm } from './codes.ts';
 import type { HashPool } from './hash-pool.ts';
-import { parseEndpoint } from './link.ts';
+import { parseEndpoint, type Link } from './link.ts';
+import { GroupMember, type GroupEvent } from './member.ts';
+import { memoryLinkPair } from './memory-link.ts';
+import { serveControl, type OperatorVerb } from './control-server.ts';
 
 export interface PrimaryVolumeOptions {
   name: string;
@@ -33,9 +37,11 @@ export interface PrimaryOptions extends Omit<ChannelOptions, 'url' | 'volumes' |
   /** `sync` (default): a write completes when the secondary has it. `async`: at once. */
   mode?: 'sync' | 'async';
   pool?: HashPool | 'shared' | 'none';
+  /** Name of this primary in group events and status. Default: its volume names joined with '+'. */
+  name?: string;
 }
 
-export type PrimaryEvent = PairEvent | { type: 'link'; status: 'connected' | 'failed'; url: string; code?: string; message?: string; lostRecords?: number; at: string };
+export type PrimaryEvent = PairEvent | GroupEvent | { type: 'link'; status: 'connected' | 'failed'; url: string; code?: string; message?: string; lostRecords?: number; at: string };
 
 export interface VolumeStatus {
   name: string;
@@ -46,6 +52,8 @@ export interface VolumeStatus {
   bytesMirrored: number;
   /** Bytes mirrored per second over the last second. */
   mirrorBytesPerSec: number;
+  /** False while a resync is copying into the secondary: its image is then not a point-in-time copy. */
+  consistent: boolean;
 }
 
 export interface PrimaryStatus {
@@ -58,27 +66,33 @@ export interface PrimaryStatus {
   ackedSeq: number;
   nextSeq: number;
   lastError?: { code: string; message: string };
+  /** The consistency group, once a controller has joined this primary. */
+  group?: { name: string; phase: string; policy: string; controllerConnected: boolean; epoch: number };
   volumes: VolumeStatus[];
 }
 
 export class Primary {
+  readonly name: string;
   readonly pairs: Pair[];
   readonly mode: 'sync' | 'async';
   readonly mirror: string;
+  readonly member: GroupMember;
   private readonly channel: Channel;
   private readonly listeners: Array<(e: PrimaryEvent) => void> = [];
   private readonly fresh: boolean[];
   private contacts = 0;
-  private closed = false;
+  private isClosed = false;
   /** Throughput: bytes mirrored per pair at the last sample, and the rate since. */
   private readonly sampled: number[];
   private readonly rates: number[];
   private readonly sampler: ReturnType<typeof setInterval>;
 
-  private constructor(mirror: string, mode: 'sync' | 'async', channel: Channel, pairs: Pair[], fresh: boolean[]) {
+  private constructor(name: string, mirror: string, mode: 'sync' | 'async', channel: Channel, member: GroupMember, pairs: Pair[], fresh: boolean[]) {
+    this.name = name;
     this.mirror = mirror;
     this.mode = mode;
     this.channel = channel;
+    this.member = member;
     this.pairs = pairs;
     this.fresh = fresh;
     this.sampled = pairs.map(() => 0);
@@ -132,8 +146,24 @@ export class Primary {
         onFailed: (error, lost) => (primary ? primary.onFailed(error, lost) : early.push(() => primary!.onFailed(error, lost))),
       },
     );
-    const pairs = volumes.map((volume, index) => new Pair({ volume, index, channel, mode, emit: (e) => primary!.emit(e) }));
-    primary = new Primary(options.mirror, mode, channel, pairs, fresh);
+    const name = options.name ?? volumes.map((v) => v.name).join('+');
+    const pairs: Pair[] = [];
+    const member = new GroupMember({
+      name,
+      mode,
+      linkUp: () => channel.connected,
+      freezePairs: (reason) => pairs.forEach((p) => p.setState('frozen', reason)),
+      releasePairs: (reason) => pairs.forEach((p) => p.setState('suspended', reason)),
+      resumePairs: (reason) => pairs.forEach((p) => p.startMirroring(reason)),
+      volumes: () => pairs.map((p) => ({ name: p.name, state: p.state, outOfSyncBytes: p.oos.bytes, consistent: p.consistent })),
+      emit: (e) => primary?.emit(e),
+    });
+    const onPairEvent = (e: PairEvent) => {
+      primary!.emit(e);
+      member.onPairState();
+    };
+    volumes.forEach((volume, index) => pairs.push(new Pair({ volume, index, channel, gate: member, mode, emit: onPairEvent })));
+    primary = new Primary(name, options.mirror, mode, channel, member, pairs, fresh);
     for (const f of early) f();
     return primary;
   }
@@ -147,6 +177,39 @@ export class Primary {
 
   onEvent(listener: (event: PrimaryEvent) => void): void {
     this.listeners.push(listener);
+  }
+
+  get closed(): boolean {
+    return this.isClosed;
+  }
+
+  /**
+   * One end of an in-process control link to this primary (the other end is
+   * served here, trusted): how a `Controller` in the same process joins it.
+   */
+  controlLink(): Link {
+    if (this.isClosed) throw errors.CLOSED(`Cannot open a control link to primary ${this.name}: it is closed`);
+    const [controllerEnd, primaryEnd] = memoryLinkPair(['controller', this.name]);
+    serveControl(primaryEnd, this.controlEndpoint(), { trusted: true });
+    return controllerEnd;
+  }
+
+  /** What this primary's control endpoint (`--control URL`) serves. */
+  controlEndpoint(secret?: Uint8Array): import('./control-server.ts').ControlEndpoint {
+    return {
+      role: 'primary',
+      secret,
+      member: this.member,
+      status: () => this.status(),
+      command: (verb: OperatorVerb) => {
+        if (verb === 'freeze') {
+          this.member.freezeByOperator();
+          return `primary ${this.name} is ${this.member.phase}${this.member.controllerConnected ? '; its controller freezes the group' : ''}`;
+        }
+        this.member.runByOperator();
+        return `primary ${this.name} is ${this.member.phase}`;
+      },
+    };
   }
 
   /** Resolves when every pair is `duplex` (or rejects with BM_ERR_TIMEOUT). */
@@ -172,6 +235,7 @@ export class Primary {
 
   status(): PrimaryStatus {
     const e = this.channel.lastError;
+    const g = this.member.settings;
     return {
       role: 'primary',
       mirror: this.mirror,
@@ -182,6 +246,7 @@ export class Primary {
       ackedSeq: this.channel.ackedSeq,
       nextSeq: this.channel.nextSeq,
       lastError: e ? { code: e.code, message: e.message } : undefined,
+      group: g ? { name: g.group, phase: this.member.phase, policy: g.policy, controllerConnected: this.member.controllerConnected, epoch: this.member.epoch } : undefined,
       volumes: this.pairs.map((p) => ({
         name: p.name,
         size: p.size,
@@ -190,6 +255,7 @@ export class Primary {
         writes: p.writes,
         bytesMirrored: p.bytesMirrored,
         mirrorBytesPerSec: this.rates[this.pairs.indexOf(p)]!,
+        consistent: p.consistent,
       })),
     };
   }
@@ -200,9 +266,10 @@ export class Primary {
    * every volume.
    */
   async close(options: { drainTimeoutMs?: number } = {}): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
+    if (this.isClosed) return;
+    this.isClosed = true;
     clearInterval(this.sampler);
+    this.member.close();
     const deadline = performance.now() + (options.drainTimeoutMs ?? 5000);
     while (this.channel.connected && this.channel.journalBytesUsed > 0 && performance.now() < deadline) {
       await new Promise((r) => setTimeout(r, 2));
@@ -218,13 +285,17 @@ export class Primary {
   private onConnected(created: boolean[]): void {
     const first = this.contacts++ === 0;
     this.emit({ type: 'link', status: 'connected', url: this.mirror, at: new Date().toISOString() });
-    this.pairs.forEach((p, i) => p.connected(first, first && this.fresh[i] === true && created[i] === true && p.writes === 0));
+    if (first) this.pairs.forEach((p, i) => p.firstContact(this.fresh[i] === true && created[i] === true && p.writes === 0));
+    // The group decides whether the pairs resync now (standalone or mirroring) or wait for RESUME.
+    this.member.onLinkUp();
   }
 
   private onFailed(error: BlockmirrorError, lost: LostRecord[]): void {
     this.emit({ type: 'link', status: 'failed', url: this.mirror, code: error.code, message: error.message, lostRecords: lost.length, at: new Date().toISOString() });
     const byVolume = this.pairs.map(() => [] as LostRecord[]);
     for (const r of lost) byVolume[r.volume]?.push(r);
-    this.pairs.forEach((p, i) => p.failed(byVolume[i]!, error.code));
+    // Record what the secondary may lack first, then let the group decide: suspended, or frozen with writes held.
+    this.pairs.forEach((p, i) => p.failed(byVolume[i]!));
+    this.member.onLinkFailure(error);
   }
 }
