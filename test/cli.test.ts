@@ -6,7 +6,7 @@ import path from 'node:path';
 import { xxhash3 } from 'hash-wasm';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { freePort, runCli, startCli, tempDir } from './helpers.ts';
+import { assertStoppedCleanly, closed, freePort, runCli, startCli, tempDir } from './helpers.ts';
 
 test('blockmirror --help and codes --help print usage and exit 0', async () => {
   const top = await runCli(['--help']);
@@ -58,21 +58,6 @@ test('blockmirror demo runs a local mirror pair and exits 0 with byte-identical 
 });
 
 /** Waits until the child has exited and its output streams are drained. */
-function closed(child: import('node:child_process').ChildProcess): Promise<void> {
-  return new Promise((resolve) => (child.exitCode !== null && child.stdout?.readableEnded ? resolve() : child.once('close', () => resolve())));
-}
-
-/**
- * The child handled the signal and exited 0. Deno's child_process reports a
- * child sent a signal with exitCode null and that signal as signalCode even
- * when the child handled it and exited 0, so there the log line is the proof.
- */
-function assertStoppedCleanly(child: import('node:child_process').ChildProcess & { output(): string }, signal: string): void {
-  assert.match(child.output(), new RegExp(`${signal}: stopping`), child.output());
-  if ((globalThis as { Deno?: unknown }).Deno) assert.ok(child.exitCode === 0 || child.signalCode === signal);
-  else assert.is(child.exitCode, 0, child.output());
-}
-
 test('secondary, primary and status as processes: status --json, then SIGTERM stops both cleanly', async () => {
   const { dir, cleanup } = tempDir();
   const [data, control] = [await freePort(), await freePort()];

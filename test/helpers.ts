@@ -94,3 +94,19 @@ export function exited(child: import('node:child_process').ChildProcess): Promis
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((resolve) => child.once('exit', () => resolve()));
 }
+
+/** Resolves when `child` has exited and its output streams have ended. */
+export function closed(child: import('node:child_process').ChildProcess): Promise<void> {
+  return new Promise((resolve) => (child.exitCode !== null && child.stdout?.readableEnded ? resolve() : child.once('close', () => resolve())));
+}
+
+/**
+ * The child handled the signal and exited 0. Deno's child_process reports a
+ * child sent a signal with exitCode null and that signal as signalCode even
+ * when the child handled it and exited 0, so there the log line is the proof.
+ */
+export function assertStoppedCleanly(child: import('node:child_process').ChildProcess & { output(): string }, signal: string): void {
+  assert.match(child.output(), new RegExp(`${signal}: stopping`), child.output());
+  if ((globalThis as { Deno?: unknown }).Deno) assert.ok(child.exitCode === 0 || child.signalCode === signal);
+  else assert.is(child.exitCode, 0, child.output());
+}
