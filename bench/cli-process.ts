@@ -11,10 +11,14 @@ export function cliCommand(): { command: string; args: string[] } {
   return { command: process.execPath, args: fromSource ? ['--import', 'tsx', entry] : [entry] };
 }
 
-/** Starts a long-running CLI command; resolves once its stderr matches `ready`. */
-export async function startCli(args: string[], ready: RegExp, timeoutMs = 20_000): Promise<ChildProcess & { output: () => string }> {
+/**
+ * Starts a long-running CLI command; resolves once its stderr matches
+ * `ready`. `prefix` runs it under another command (e.g. `ip netns exec NS`).
+ */
+export async function startCli(args: string[], ready: RegExp, timeoutMs = 20_000, prefix: string[] = []): Promise<ChildProcess & { output: () => string }> {
   const { command, args: base } = cliCommand();
-  const child = spawn(command, [...base, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const argv = [...prefix, command, ...base, ...args];
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   child.stdout!.on('data', (d) => (output += d));
   await new Promise<void>((resolve, reject) => {
