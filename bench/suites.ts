@@ -5,6 +5,7 @@ import { hashPool } from './hash-pool.ts';
 import { codesCost } from './codes-cost.ts';
 import { mirror } from './mirror.ts';
 import { nbd } from './nbd.ts';
+import { freeze } from './freeze.ts';
 import { runtime } from '../engine/runtime.ts';
 import { errors } from '../engine/errors.ts';
 
@@ -14,6 +15,7 @@ export const suites: Record<string, Suite> = {
   'codes-cost': codesCost,
   mirror,
   nbd,
+  freeze,
 };
 
 export async function runBenchmarks(names: string[], write: (text: string) => void = (t) => process.stdout.write(t)): Promise<void> {

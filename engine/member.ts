@@ -403,7 +403,10 @@ export class GroupMember {
   private queueState(): void {
     if (this.stateQueued || !this.controllerConnected) return;
     this.stateQueued = true;
-    queueMicrotask(() => {
+    // A macrotask, not a microtask: reports are for following the group, and
+    // must not delay what is on the critical path of a freeze (this
+    // member's acknowledgement, other members' handling in one process).
+    setTimeout(() => {
       this.stateQueued = false;
       const { volumes, ...rest } = this.summary();
       const volumesJson = JSON.stringify(volumes);
@@ -412,7 +415,7 @@ export class GroupMember {
       if (text === this.lastReported) return;
       this.lastReported = text;
       this.session?.send([FrameType.memberState, rest], textEncoder.encode(volumesJson));
-    });
+    }, 0);
   }
 
   private emit(event: string, extra: Partial<GroupEvent> = {}): void {

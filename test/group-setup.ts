@@ -15,7 +15,7 @@ import { Secondary } from '../engine/secondary.ts';
 import { Controller, type ControllerOptions } from '../engine/controller.ts';
 import { ControlServer } from '../engine/control-server.ts';
 import type { GroupEvent } from '../engine/member.ts';
-import { FaultProxy } from './proxy.ts';
+import { FaultProxy } from '../bench/fault-proxy.ts';
 import { exited, freePort, startCli, tempDir } from './helpers.ts';
 import { recordBytes, type ChainTarget } from './dependent-writes.ts';
 

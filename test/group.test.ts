@@ -19,7 +19,7 @@ import { Secondary } from '../engine/secondary.ts';
 import { checkCut, DependentChain } from './dependent-writes.ts';
 import { startGroup, until } from './group-setup.ts';
 import { tempDir, throwsCode } from './helpers.ts';
-import { FaultProxy } from './proxy.ts';
+import { FaultProxy } from '../bench/fault-proxy.ts';
 
 const KiB = 1024;
 

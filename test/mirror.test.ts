@@ -8,7 +8,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Primary, type PrimaryEvent } from '../engine/primary.ts';
 import { Secondary } from '../engine/secondary.ts';
-import { FaultProxy } from './proxy.ts';
+import { FaultProxy } from '../bench/fault-proxy.ts';
 import { prng, randomBytes, tempDir, testSeed } from './helpers.ts';
 
 const KiB = 1024;
