@@ -1,30 +1,48 @@
 /**
  * `blockmirror demo`: a local mirror pair, end to end, with no set-up. A
- * secondary listens on tcp:// and ws://; one primary mirrors `db` over
- * tcp:// in sync mode, another mirrors `log` over ws:// in async mode. A
- * write workload runs with progress, then everything stops cleanly and
- * every image is compared byte for byte with its mirror. Exits 0 only if
- * every check passed.
+ * secondary listens on tcp:// and ws://. Primary `db` mirrors over tcp://
+ * in sync mode (through a proxy whose link the demo can cut), primary `idx`
+ * over ws:// in sync mode, and primary `log` over ws:// in async mode. A
+ * controller joins `db` and `idx` into one consistency group, each over its
+ * own control link (tcp:// and ws://).
+ *
+ * Steps: a write workload with progress; a real block tool (qemu-img or
+ * nbdcopy) writing `db` through the NBD export; the freeze: a dependent
+ * write stream across `db` and `idx` while `db`'s link is cut, both members
+ * frozen, the time it took, the secondary images checked to be a
+ * consistent cut, then the link back and the group resyncing; a clean stop
+ * and a byte-for-byte comparison of every image with its mirror. Exits 0
+ * only if every check passed.
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { spawn, spawnSync } from 'node:child_process';
 import { parseArgs } from './args.ts';
 import { errors } from './errors.ts';
 import { formatSize, MiB } from './geometry.ts';
 import { Primary } from './primary.ts';
 import { Secondary } from './secondary.ts';
 import { NbdServer } from './nbd-server.ts';
-import { spawn, spawnSync } from 'node:child_process';
+import { Controller } from './controller.ts';
+import { ControlServer } from './control-server.ts';
+import type { GroupEvent } from './member.ts';
+import { FaultProxy } from '../bench/fault-proxy.ts';
+import { checkCut, DependentChain } from '../bench/dependent-writes.ts';
 
 const help = `Usage: blockmirror demo [--seconds N] [--dir DIR]
 
-Runs a local mirror pair on this machine: a secondary on tcp:// and ws://, a
-primary mirroring volume 'db' (64 MiB, sync) over tcp:// and one mirroring
-'log' (16 MiB, async) over ws://, a random write workload for N seconds
-(default 3), then qemu-img (or nbdcopy) writing 'db' through the NBD export,
-a clean stop and a byte-for-byte comparison of every image with its mirror. Files go to a temporary directory (removed afterwards)
-unless --dir is given. Exits 0 only if every check passed.
+Runs a local mirror pair on this machine: a secondary on tcp:// and ws://;
+primary 'db' (64 MiB, sync) over tcp://, primary 'idx' (16 MiB, sync) over
+ws://, both in one consistency group run by a controller, and primary 'log'
+(16 MiB, async) over ws://. A random write workload runs for N seconds
+(default 3), then qemu-img (or nbdcopy) writes 'db' through the NBD export.
+Then the freeze: dependent writes alternate between 'db' and 'idx' while the
+link of 'db' is cut; both members freeze, the secondary images are checked to
+be a consistent cut, the link returns and the group resyncs. Finally a clean
+stop and a byte-for-byte comparison of every image with its mirror. Files go
+to a temporary directory (removed afterwards) unless --dir is given. Exits 0
+only if every check passed.
 `;
 
 export async function demoCommand(argv: string[]): Promise<number> {
@@ -39,17 +57,35 @@ export async function demoCommand(argv: string[]): Promise<number> {
   const dir = keep ? path.resolve(args.dir as string) : fs.mkdtempSync(path.join(os.tmpdir(), 'blockmirror-demo-'));
   const say = (line: string) => process.stdout.write(line + '\n');
   say(`blockmirror demo: files in ${dir}`);
+  let ok = true;
+  const check = (passed: boolean, line: string) => {
+    say(`  ${passed ? 'ok  ' : 'FAIL'} ${line}`);
+    ok &&= passed;
+  };
 
   const secondary = await Secondary.start({ dir: path.join(dir, 'secondary'), listen: ['tcp://127.0.0.1:0', 'ws://127.0.0.1:0'] });
   const [tcpUrl, wsUrl] = secondary.urls;
+  const dbLink = await FaultProxy.start(Number(tcpUrl!.split(':').pop()));
   say(`secondary listening on ${tcpUrl} and ${wsUrl}`);
-  const overTcp = await Primary.start({ dir: path.join(dir, 'primary-tcp'), volumes: [{ name: 'db', size: 64 * MiB }], mirror: tcpUrl!, mode: 'sync' });
-  const overWs = await Primary.start({ dir: path.join(dir, 'primary-ws'), volumes: [{ name: 'log', size: 16 * MiB }], mirror: wsUrl!, mode: 'async' });
-  await Promise.all([overTcp.waitDuplex(), overWs.waitDuplex()]);
-  say(`primary 'db' (64 MiB) mirrored over tcp:// in sync mode, primary 'log' (16 MiB) over ws:// in async mode: both duplex`);
+  const fast = { reconnectDelayMinMs: 20, reconnectDelayMaxMs: 500, heartbeatMs: 250 };
+  const db = await Primary.start({ ...fast, name: 'db', dir: path.join(dir, 'primary-db'), volumes: [{ name: 'db', size: 64 * MiB }], mirror: dbLink.url('tcp'), mode: 'sync' });
+  const idx = await Primary.start({ ...fast, name: 'idx', dir: path.join(dir, 'primary-idx'), volumes: [{ name: 'idx', size: 16 * MiB }], mirror: wsUrl!, mode: 'sync' });
+  const log = await Primary.start({ name: 'log', dir: path.join(dir, 'primary-log'), volumes: [{ name: 'log', size: 16 * MiB }], mirror: wsUrl!, mode: 'async' });
+  const dbControl = await ControlServer.start('tcp://127.0.0.1:0', db.controlEndpoint());
+  const idxControl = await ControlServer.start('ws://127.0.0.1:0', idx.controlEndpoint());
+  const controller = Controller.start({ members: [dbControl.url, idxControl.url], group: 'demo', heartbeatMs: 250, leaseMs: 3000 });
+  const groupEvents: GroupEvent[] = [];
+  const memberEvents: GroupEvent[] = [];
+  controller.onEvent((e) => groupEvents.push(e));
+  for (const p of [db, idx]) p.onEvent((e) => e.type === 'group' && memberEvents.push(e));
+  await Promise.all([db.waitDuplex(), idx.waitDuplex(), log.waitDuplex(), controller.waitJoined()]);
+  say(`primary 'db' (64 MiB, sync) over tcp://, 'idx' (16 MiB, sync) over ws://: duplex, in consistency group 'demo' (control over ${dbControl.url} and ${idxControl.url})`);
+  say(`primary 'log' (16 MiB, async) over ws://: duplex`);
 
-  const db = overTcp.volume('db');
-  const log = overWs.volume('log');
+  // 1. A random workload with progress.
+  const dbPair = db.volume('db');
+  const idxPair = idx.volume('idx');
+  const logPair = log.volume('log');
   const latencies: number[] = [];
   let bytes = 0;
   let ops = 0;
@@ -72,14 +108,14 @@ export async function demoCommand(argv: string[]): Promise<number> {
     if (tty) process.stdout.write(`\r${line}${final ? '\n' : ''}`);
     else say(line);
   };
-  // Four sync writers on db (4 KiB to 64 KiB) and two async writers on log (sequential 256 KiB appends).
-  const dbWriter = async () => {
+  // Sync writers on db and idx (4 KiB to 64 KiB), async sequential 256 KiB appends on log.
+  const syncWriter = (pair: typeof dbPair) => async () => {
     while (performance.now() < deadline) {
       const length = 4096 * (1 + Math.floor(random() * 16));
-      const offset = 4096 * Math.floor(random() * ((db.size - length) / 4096));
+      const offset = 4096 * Math.floor(random() * ((pair.size - length) / 4096));
       const t0 = performance.now();
-      await db.write(offset, block.subarray(0, length));
-      latencies.push(performance.now() - t0);
+      await pair.write(offset, block.subarray(0, length));
+      if (pair === dbPair) latencies.push(performance.now() - t0);
       bytes += length;
       ops++;
     }
@@ -88,8 +124,8 @@ export async function demoCommand(argv: string[]): Promise<number> {
   const logWriter = async () => {
     while (performance.now() < deadline) {
       const at = logOffset;
-      logOffset = (logOffset + block.length) % log.size;
-      await log.write(at, block);
+      logOffset = (logOffset + block.length) % logPair.size;
+      await logPair.write(at, block);
       bytes += block.length;
       ops++;
     }
@@ -100,22 +136,23 @@ export async function demoCommand(argv: string[]): Promise<number> {
       report();
     }
   }, 100);
-  await Promise.all([dbWriter(), dbWriter(), dbWriter(), dbWriter(), logWriter(), logWriter()]);
-  await Promise.all([db.flush(), log.flush()]);
+  say('1. random writes on all three primaries:');
+  await Promise.all([syncWriter(dbPair)(), syncWriter(dbPair)(), syncWriter(dbPair)(), syncWriter(idxPair)(), logWriter(), logWriter()]);
+  await Promise.all([dbPair.flush(), idxPair.flush(), logPair.flush()]);
   clearInterval(progress);
   report(true);
   const elapsed = (performance.now() - started) / 1000;
 
-  // A real block tool writes through the NBD export of the mirrored 'db'.
+  // 2. A real block tool writes through the NBD export of the mirrored 'db'.
   let nbdSource: string | undefined;
   const tool = ['qemu-img', 'nbdcopy'].find((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status === 0);
   if (!tool) {
-    say('skipped: the NBD step (neither qemu-img nor nbdcopy is installed: apt-get install qemu-utils libnbd-bin)');
+    say('2. skipped: the NBD step (neither qemu-img nor nbdcopy is installed: apt-get install qemu-utils libnbd-bin)');
   } else {
     const sock = path.join(dir, 'nbd.sock');
-    const nbd = await NbdServer.start({ listen: `unix:${sock}`, exports: overTcp.pairs });
+    const nbd = await NbdServer.start({ listen: `unix:${sock}`, exports: db.pairs });
     nbdSource = path.join(dir, 'nbd-source.raw');
-    const image = new Uint8Array(db.size);
+    const image = new Uint8Array(dbPair.size);
     for (let i = 0; i < image.length; i += block.length) image.set(block.subarray(0, Math.min(block.length, image.length - i)), i);
     for (let i = 0; i < image.length; i += 4096) image[i] = (i >>> 12) & 255;
     fs.writeFileSync(nbdSource, image);
@@ -125,34 +162,85 @@ export async function demoCommand(argv: string[]): Promise<number> {
     const code = await new Promise<number | null>((resolve) => spawn(tool, argv, { stdio: 'ignore' }).on('close', resolve));
     const s = (performance.now() - t0) / 1000;
     await nbd.close();
-    say(`${tool} wrote ${formatSize(image.length)} into 'db' through the NBD export in ${s.toFixed(2)} s (${(image.length / 1e6 / s).toFixed(0)} MB/s, sync-mirrored): ${code === 0 ? 'ok' : `FAILED (exit ${code})`}`);
+    say(`2. ${tool} wrote ${formatSize(image.length)} into 'db' through the NBD export in ${s.toFixed(2)} s (${(image.length / 1e6 / s).toFixed(0)} MB/s, sync-mirrored)`);
+    check(code === 0, `${tool} exited ${code}`);
     if (code !== 0) nbdSource = undefined;
   }
 
-  say('stopping cleanly (SIGTERM does the same)...');
-  await overTcp.close();
-  await overWs.close();
-  await secondary.close();
+  // 3. The freeze: dependent writes across db and idx while db's link is cut.
+  say(`3. the freeze: dependent writes alternate between 'db' (tcp://) and 'idx' (ws://); the link of 'db' is cut`);
+  const blocks = 256; // the first MiB of each volume
+  const chainBase = 48 * MiB;
+  const chain = new DependentChain(
+    [
+      { write: (offset, data) => dbPair.write(chainBase + offset, data) },
+      { write: (offset, data) => idxPair.write(offset, data) },
+    ],
+    blocks,
+  );
+  // The chain's regions start as zeroes on both sides, so the checker sees only its records.
+  await Promise.all([dbPair.writeZeroes(chainBase, blocks * 4096), idxPair.writeZeroes(0, blocks * 4096)]);
+  await chain.writeSome(100);
+  const memberMark = memberEvents.length;
+  const groupMark = groupEvents.length;
+  const cutAt = chain.next + 20;
+  chain.start((seq) => {
+    if (seq === cutAt) {
+      dbLink.refuse(true);
+      dbLink.cut();
+    }
+  });
+  await controller.waitPhase('suspended', 30_000);
+  const afterRun = chain.next + 50;
+  while (chain.next < afterRun) await new Promise((r) => setTimeout(r, 5));
+  await chain.stop();
+  const window = memberEvents.slice(memberMark);
+  const noticed = window.find((e) => e.event === 'failure-noticed');
+  const frozen = window.filter((e) => e.event === 'frozen');
+  const runs = window.filter((e) => e.event === 'run');
+  const idxFrozen = window.find((e) => e.event === 'freeze-received' && e.member === 'idx');
+  if (noticed && frozen.length === 2 && runs.length) {
+    say(`   'db' noticed ${noticed.reason}; 'idx' got FREEZE over ws:// ${(idxFrozen!.t - noticed.t).toFixed(2)} ms later; both members frozen ${(Math.max(...frozen.map((e) => e.t)) - noticed.t).toFixed(2)} ms after the failure was detected`);
+    check(Math.max(...frozen.map((e) => e.t)) < Math.min(...runs.map((e) => e.t)), 'every member froze before any member ran (RUN, policy go, followed)');
+  } else {
+    check(false, `the freeze events are incomplete: ${window.map((e) => `${e.member} ${e.event}`).join(', ')}`);
+  }
+  say(`   writes go on locally: out of sync now ${formatSize(dbPair.oos.bytes)} on 'db' and ${formatSize(idxPair.oos.bytes)} on 'idx' (states ${dbPair.state}, ${idxPair.state})`);
+  const cut = checkCut([secondary.volume('db')!.read(chainBase, blocks * 4096), secondary.volume('idx')!.read(0, blocks * 4096)], blocks);
+  check(cut.violations.length === 0, `the secondary images are a consistent cut: they hold dependent writes 1 to ${cut.newest} of ${chain.next - 1}, none after a missing one`);
+  dbLink.refuse(false);
+  const resyncStart = performance.now();
+  await controller.waitPhase('mirroring', 30_000);
+  await Promise.all([db.waitDuplex(), idx.waitDuplex()]);
+  const sent = groupEvents.slice(groupMark).filter((e) => e.event === 'resume-sent').length;
+  say(`   the link is back: RESUME to ${sent} members, the group resynced to duplex in ${((performance.now() - resyncStart) / 1000).toFixed(2)} s`);
+  const healed = checkCut([secondary.volume('db')!.read(chainBase, blocks * 4096), secondary.volume('idx')!.read(0, blocks * 4096)], blocks);
+  check(healed.newest === chain.next - 1 && healed.violations.length === 0, `after the resync the secondaries hold every dependent write (${healed.newest})`);
 
-  let ok = true;
-  for (const [side, name] of [['primary-tcp', 'db'], ['primary-ws', 'log']] as const) {
+  say('4. stopping cleanly (SIGTERM does the same)...');
+  await controller.close();
+  await dbControl.close();
+  await idxControl.close();
+  for (const p of [db, idx, log]) await p.close();
+  await secondary.close();
+  await dbLink.close();
+
+  for (const [side, name] of [['primary-db', 'db'], ['primary-idx', 'idx'], ['primary-log', 'log']] as const) {
     const a = fs.readFileSync(path.join(dir, side, `${name}.img`));
     const b = fs.readFileSync(path.join(dir, 'secondary', `${name}.img`));
-    const same = a.length === b.length && a.equals(b);
-    say(`  ${name}.img: ${formatSize(a.length)} on the primary, ${formatSize(b.length)} on the secondary: ${same ? 'byte-identical' : 'DIFFERENT'}`);
-    ok &&= same;
+    check(a.length === b.length && a.equals(b), `${name}.img: ${formatSize(a.length)} on the primary and on the secondary, byte-identical`);
   }
   if (nbdSource) {
-    const same = fs.readFileSync(nbdSource).equals(fs.readFileSync(path.join(dir, 'secondary', 'db.img')));
-    say(`  what ${tool} wrote through NBD is on the secondary: ${same ? 'byte-identical' : 'DIFFERENT'}`);
-    ok &&= same;
+    const written = fs.readFileSync(nbdSource);
+    const mirrored = fs.readFileSync(path.join(dir, 'secondary', 'db.img')).subarray(0, chainBase);
+    check(written.subarray(0, chainBase).equals(mirrored), `what ${tool} wrote through NBD is on the secondary`);
   }
   latencies.sort((x, y) => x - y);
   const pct = (p: number) => (latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))]!.toFixed(3) : 'n/a');
   say('');
   say(`summary: ${ops} writes, ${formatSize(bytes)} in ${elapsed.toFixed(1)} s = ${(bytes / 1e6 / elapsed).toFixed(1)} MB/s, ${(ops / elapsed).toFixed(0)} writes/s`);
-  say(`sync write latency over tcp:// (db, 4-64 KiB, 4 in flight): p50 ${pct(0.5)} ms, p99 ${pct(0.99)} ms, max ${pct(1)} ms`);
-  say(ok ? 'every check passed' : 'CHECK FAILED: an image differs from its mirror');
+  say(`sync write latency over tcp:// (db, 4-64 KiB, 3 in flight): p50 ${pct(0.5)} ms, p99 ${pct(0.99)} ms, max ${pct(1)} ms`);
+  say(ok ? 'every check passed' : 'CHECK FAILED (see FAIL above)');
   if (!keep) fs.rmSync(dir, { recursive: true, force: true });
   return ok ? 0 : 1;
 }

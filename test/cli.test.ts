@@ -52,9 +52,15 @@ test('blockmirror demo runs a local mirror pair and exits 0 with byte-identical 
   assert.is(r.code, 0, r.stdout + r.stderr);
   assert.match(r.stdout, /db\.img: .* byte-identical/);
   assert.match(r.stdout, /log\.img: .* byte-identical/);
+  assert.match(r.stdout, /idx\.img: .* byte-identical/);
   assert.match(r.stdout, /every check passed/);
+  assert.not.match(r.stdout, /FAIL/);
+  // The freeze step: both members frozen, the cut consistent, the group resynced.
+  assert.match(r.stdout, /both members frozen [\d.]+ ms after the failure was detected/);
+  assert.match(r.stdout, /ok +the secondary images are a consistent cut/);
+  assert.match(r.stdout, /the group resynced to duplex/);
   // With qemu-img or nbdcopy installed (CI installs both), a real tool writes through the NBD export.
-  if (!/skipped: the NBD step/.test(r.stdout)) assert.match(r.stdout, /through NBD is on the secondary: byte-identical/);
+  if (!/skipped: the NBD step/.test(r.stdout)) assert.match(r.stdout, /ok +what \S+ wrote through NBD is on the secondary/);
 });
 
 /** Waits until the child has exited and its output streams are drained. */

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { checkCut, DependentChain, type ChainTarget } from './dependent-writes.ts';
+import { checkCut, DependentChain, type ChainTarget } from '../bench/dependent-writes.ts';
 import { until } from './group-setup.ts';
 import { assertStoppedCleanly, closed, exited, freePort, prng, runCli, startCli, tempDir, testSeed } from './helpers.ts';
 import { NbdClient } from './nbd-client.ts';

@@ -12,7 +12,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { runtime } from '../engine/runtime.ts';
-import { checkCut, DependentChain } from './dependent-writes.ts';
+import { checkCut, DependentChain } from '../bench/dependent-writes.ts';
 import { startGroup, until, type GroupSetup } from './group-setup.ts';
 import { prng, testSeed } from './helpers.ts';
 import type { GroupEvent } from '../engine/member.ts';

@@ -17,7 +17,7 @@ import { ControlServer } from '../engine/control-server.ts';
 import type { GroupEvent } from '../engine/member.ts';
 import { FaultProxy } from '../bench/fault-proxy.ts';
 import { exited, freePort, startCli, tempDir } from './helpers.ts';
-import { recordBytes, type ChainTarget } from './dependent-writes.ts';
+import { recordBytes, type ChainTarget } from '../bench/dependent-writes.ts';
 
 export interface GroupSetup {
   dir: string;

@@ -16,7 +16,7 @@ import { FrameType } from '../engine/frame.ts';
 import type { GroupEvent } from '../engine/member.ts';
 import { Primary } from '../engine/primary.ts';
 import { Secondary } from '../engine/secondary.ts';
-import { checkCut, DependentChain } from './dependent-writes.ts';
+import { checkCut, DependentChain } from '../bench/dependent-writes.ts';
 import { startGroup, until } from './group-setup.ts';
 import { tempDir, throwsCode } from './helpers.ts';
 import { FaultProxy } from '../bench/fault-proxy.ts';
