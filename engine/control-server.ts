@@ -26,6 +26,11 @@ import { protocolVersion } from './secondary-session.ts';
 /** A status reply carries JSON of at most this many bytes. */
 export const statusBytesMax = controlPayloadBytesMax;
 
+/** A connection that is not a joined controller's session is closed after this long without a frame. */
+export const controlIdleMs = 30_000;
+/** Connections one control endpoint serves at once; more are refused with BM_ERR_BUSY. */
+export const controlConnectionsMax = 256;
+
 /** The shortest lease a controller may ask for: below it, an ordinary pause of the event loop would freeze the group. */
 export const leaseMsMin = 100;
 
@@ -49,7 +54,20 @@ export class ControlServer {
   }
 
   static async start(url: string, endpoint: ControlEndpoint): Promise<ControlServer> {
-    const listener = await listen(url, (link) => serveControl(link, endpoint), { payloadBytesMax: controlPayloadBytesMax });
+    let open = 0;
+    const listener = await listen(
+      url,
+      (link) => {
+        if (open >= controlConnectionsMax) {
+          const peer = new ControlPeer({ link, onFrame: () => {} });
+          return peer.refuse(errors.BUSY(`Cannot serve another control connection: ${controlConnectionsMax} are open`));
+        }
+        open++;
+        link.onClose(() => open--);
+        serveControl(link, endpoint);
+      },
+      { payloadBytesMax: controlPayloadBytesMax },
+    );
     return new ControlServer(listener);
   }
 
@@ -71,13 +89,23 @@ export function serveControl(link: Link, endpoint: ControlEndpoint, options: { t
   const nonce = newNonce();
   const secret = options.trusted ? undefined : endpoint.secret;
   let controller = false;
+  // Status and command connections are short; a joined controller's session is watched by the member's lease instead.
+  let idle: ReturnType<typeof setTimeout> | undefined;
+  const watchIdle = () => {
+    clearTimeout(idle);
+    if (controller) return;
+    idle = setTimeout(() => peer.close(errors.TIMEOUT(`Closed an idle control connection from ${link.remote}`)), controlIdleMs);
+    (idle as { unref?: () => void }).unref?.();
+  };
   const peer = new ControlPeer({
     link,
     payloadBytesMax: 0,
     onClose: (_reason, error, byPeer) => {
+      clearTimeout(idle);
       if (controller) endpoint.member?.detach(peer, byPeer ? error : undefined);
     },
     onFrame: (frame) => {
+      watchIdle();
       const h = frame.header;
       const fields = (h[1] ?? {}) as Record<string, unknown>;
       const member = endpoint.member;
@@ -123,6 +151,7 @@ export function serveControl(link: Link, endpoint: ControlEndpoint, options: { t
           }
           const { volumes, ...summary } = member.attach(peer, settings);
           controller = true;
+          clearTimeout(idle);
           peer.send([FrameType.joined, { ...summary, proof: secret ? proof(secret, 'member', controllerNonce!, nonce) : undefined }], encodeJson(volumes));
           return;
         }
@@ -131,6 +160,7 @@ export function serveControl(link: Link, endpoint: ControlEndpoint, options: { t
     },
   });
   peer.send([FrameType.challenge, { version: protocolVersion, nonce, auth: !!secret, role: endpoint.role }]);
+  watchIdle();
   return peer;
 }
 

@@ -52,6 +52,16 @@ export interface ControllerOptions {
   connectTimeoutMs?: number;
 }
 
+export const leaseMsDefault = 3000;
+export const heartbeatMsDefault = 500;
+/** Most members in one group (a join carries the count, and members check it). */
+export const membersMax = 4096;
+
+/** What the controller adds to a lease before declaring a silent member lost: timer lateness and clock reading on both sides. */
+export function leaseMarginMs(heartbeatMs: number): number {
+  return Math.max(500, heartbeatMs);
+}
+
 export type ControllerPhase = 'mirroring' | 'freezing' | 'stopped' | 'suspended' | 'resyncing';
 
 export interface ControllerMemberStatus {
@@ -69,7 +79,12 @@ export interface ControllerStatus {
   policy: GroupPolicy;
   phase: ControllerPhase;
   epoch: number;
-  /** False from a freeze until the group is duplex again: the secondaries are not all a usable point-in-time copy while a resync runs. */
+  /**
+   * Whether the secondary images together are a usable point-in-time copy.
+   * A freeze keeps them so (that is its purpose); they are not from RESUME
+   * until the group's resync ends, nor while any member's pairs report an
+   * inconsistent secondary (an initial copy).
+   */
   consistent: boolean;
   members: ControllerMemberStatus[];
   volumes: Array<MemberVolume & { member: string }>;
@@ -114,6 +129,7 @@ export class Controller {
   private readonly connectTimeoutMs: number;
   private readonly members: MemberLink[];
   private readonly listeners: Array<(e: GroupEvent) => void> = [];
+  private readonly startedAt = performance.now();
   private phaseNow: ControllerPhase = 'mirroring';
   private epochNow = 0;
   private consistentNow = true;
@@ -124,8 +140,8 @@ export class Controller {
     this.group = options.group ?? 'group';
     this.policy = options.policy ?? 'go';
     this.holdTimeoutMs = options.holdTimeoutMs ?? holdTimeoutMsDefault;
-    this.leaseMs = options.leaseMs ?? 3000;
-    this.heartbeatMs = options.heartbeatMs ?? 500;
+    this.leaseMs = options.leaseMs ?? leaseMsDefault;
+    this.heartbeatMs = options.heartbeatMs ?? heartbeatMsDefault;
     this.freezeAckTimeoutMs = options.freezeAckTimeoutMs ?? 2000;
     this.secret = options.secret;
     this.connectTimeoutMs = options.connectTimeoutMs ?? 3000;
@@ -155,6 +171,15 @@ export class Controller {
         throw errors.INVALID_ARGUMENT(`Cannot use ${name} ${String(value)}: a whole number of milliseconds from ${min}`);
       }
     }
+    const lease = options.leaseMs ?? leaseMsDefault;
+    const hold = options.holdTimeoutMs ?? holdTimeoutMsDefault;
+    const margin = leaseMarginMs(options.heartbeatMs ?? heartbeatMsDefault);
+    if (hold <= lease + margin) {
+      throw errors.INVALID_ARGUMENT(
+        `Cannot use a hold timeout of ${hold} ms with a lease of ${lease} ms: a member must hold longer than the lease plus ${margin} ms, or it could complete writes before the controller has frozen the others`,
+      );
+    }
+    if (options.members.length > membersMax) throw errors.INVALID_ARGUMENT(`Cannot start a controller of ${options.members.length} members: at most ${membersMax}`);
     const seen = new Set<string | Primary>();
     for (const m of options.members) {
       if (typeof m === 'string') parseEndpoint(m, 'member URL');
@@ -224,7 +249,7 @@ export class Controller {
       policy: this.policy,
       phase: this.phaseNow,
       epoch: this.epochNow,
-      consistent: this.consistentNow,
+      consistent: this.consistentNow && this.members.every((m) => m.summary !== undefined && m.summary.volumes.every((v) => v.consistent !== false)),
       members: this.members.map((m) => ({
         member: m.label,
         connected: m.joined,
@@ -335,9 +360,8 @@ export class Controller {
 
   private onJoined(m: MemberLink, summary: MemberSummary): void {
     if (this.members.length > 1 && summary.mode === 'async') {
-      const error = asyncGroupError(this.members.length);
-      this.emit('group-error', { member: m.label, reason: error.message });
-      m.peer?.refuse(error);
+      // The member refuses such a join itself; this is the controller's own check. The close reports it.
+      m.peer?.refuse(asyncGroupError(this.members.length));
       return;
     }
     m.joined = true;
@@ -360,11 +384,13 @@ export class Controller {
 
   private onClosed(m: MemberLink, peer: ControlPeer, error: BlockmirrorError): void {
     if (m.peer !== peer) return;
+    // Heartbeat pings renew the member's lease too: it runs from the last frame of any kind.
+    m.lastSent = Math.max(m.lastSent, peer.lastSent);
     m.peer = undefined;
     const wasJoined = m.joined;
     m.joined = false;
     if (this.closed) return;
-    if (error.code === 'BM_ERR_GROUP_ASYNC' || error.code === 'BM_ERR_AUTH' || error.code === 'BM_ERR_MISMATCH') {
+    if (error.code === 'BM_ERR_GROUP_ASYNC' || error.code === 'BM_ERR_AUTH' || error.code === 'BM_ERR_MISMATCH' || error.code === 'BM_ERR_BUSY') {
       this.emit('group-error', { member: m.label, reason: `${error.message} [${error.code}]` });
     }
     if (wasJoined) {
@@ -417,7 +443,7 @@ export class Controller {
   private check(): void {
     if (this.phaseNow !== 'freezing') return;
     const now = performance.now();
-    const margin = Math.max(500, this.heartbeatMs);
+    const margin = leaseMarginMs(this.heartbeatMs);
     let waiting = false;
     for (const m of this.members) {
       if (m.ackedEpoch === this.epochNow) continue;
@@ -428,10 +454,14 @@ export class Controller {
         waiting = true;
         continue;
       }
-      if (!m.everJoined || now >= m.lastSent + this.leaseMs + margin) {
+      // A member is lost once its lease has surely run out: from the last frame this controller sent it,
+      // or, if it never joined this controller, from this controller's start (it may still hold the
+      // lease of an earlier controller of the group that crashed).
+      const leaseFrom = m.everJoined ? m.peer ? Math.max(m.lastSent, m.peer.lastSent) : m.lastSent : this.startedAt;
+      if (now >= leaseFrom + this.leaseMs + margin) {
         if (m.declaredLostEpoch !== this.epochNow) {
           m.declaredLostEpoch = this.epochNow;
-          this.emit('member-declared-lost', { member: m.label, reason: m.everJoined ? `its lease ran out ${Math.round(now - m.lastSent - this.leaseMs)} ms ago` : 'it never joined' });
+          this.emit('member-declared-lost', { member: m.label, reason: `${m.everJoined ? 'its' : 'any earlier controller’s'} lease ran out ${Math.round(now - leaseFrom - this.leaseMs)} ms ago` });
         }
         continue;
       }

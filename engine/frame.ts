@@ -22,11 +22,11 @@ export const headerBytesMax = 4096;
 export const payloadBytesMaxDefault = 4 * 1024 * 1024;
 
 export const FrameType = {
-  /** secondary → primary, first frame: [type, {version, nonce, auth}] */
+  /** first frame of a secondary (to a primary) and of a control endpoint: [type, {version, nonce, auth, role?}] */
   challenge: 1,
-  /** primary → secondary: [type, {version, proof?, nonce, mode, volumes}] */
+  /** primary → secondary: [type, {version, nonce, proof?, seq, mode, volumes}] */
   hello: 2,
-  /** secondary → primary: [type, {proof?, volumes}] */
+  /** secondary → primary: [type, {version, proof?, created}] */
   welcome: 3,
   /** either way, then close: [type, code, message] */
   refuse: 4,

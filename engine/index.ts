@@ -19,3 +19,6 @@ export { KiB, MiB, GiB, parseSize, formatSize, defaultBlockBytes, defaultSegment
 export { Primary, type PrimaryOptions, type PrimaryVolumeOptions, type PrimaryStatus, type PrimaryEvent, type VolumeStatus } from './primary.ts';
 export { Secondary, type SecondaryOptions } from './secondary.ts';
 export { type Pair, type PairState, type PairEvent } from './pair.ts';
+export { Controller, type ControllerOptions, type ControllerStatus, type ControllerPhase } from './controller.ts';
+export { type GroupEvent, type GroupPhase, type GroupPolicy } from './member.ts';
+export { ControlServer, requestStatus, sendCommand, type ControlEndpoint } from './control-server.ts';

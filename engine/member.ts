@@ -286,16 +286,20 @@ export class GroupMember {
 
   /**
    * An operator's run. In a group with its controller connected the
-   * controller decides (run it there); otherwise held and fenced writes are
-   * released here, as the hold timeout would.
+   * controller decides (run it there). Otherwise the operator takes this
+   * primary out of its group: held and fenced writes complete, and the
+   * pairs resync on their own, as a standalone primary's do.
    */
   runByOperator(): void {
     if (this.active && this.controllerConnected) {
       throw errors.BUSY(`Cannot run primary ${this.host.name} alone: its group '${this.settings!.group}' has a controller; run the group there`);
     }
-    if (this.phase === 'mirroring') return;
-    if (this.active) this.release('run by an operator');
-    else this.becomeStandalone('run by an operator');
+    if (this.active) {
+      this.emit('left', { reason: 'run by an operator without a controller' });
+      this.settings = undefined;
+      this.stopLease();
+    }
+    if (this.phase !== 'mirroring') this.becomeStandalone('run by an operator');
   }
 
   summary(): MemberSummary {
@@ -341,6 +345,7 @@ export class GroupMember {
     this.phase = 'released';
     this.blocked = false;
     this.host.releasePairs(reason);
+    this.emit('released', { reason });
     for (const w of this.waiters.splice(0)) w.resolve();
     this.queueState();
   }
@@ -408,13 +413,19 @@ export class GroupMember {
     // member's acknowledgement, other members' handling in one process).
     setTimeout(() => {
       this.stateQueued = false;
+      if (!this.controllerConnected) return;
       const { volumes, ...rest } = this.summary();
       const volumesJson = JSON.stringify(volumes);
       const text = JSON.stringify(rest) + volumesJson;
       // Skip a report identical to the last one (the periodic report, mostly).
       if (text === this.lastReported) return;
       this.lastReported = text;
-      this.session?.send([FrameType.memberState, rest], textEncoder.encode(volumesJson));
+      try {
+        this.session?.send([FrameType.memberState, rest], textEncoder.encode(volumesJson));
+      } catch (e) {
+        // A report too large for a frame must not take the primary down; the controller then sees stale states.
+        this.session?.close(e as BlockmirrorError);
+      }
     }, 0);
   }
 

@@ -62,8 +62,12 @@ export class Pair {
   /** Bumped on every failure and freeze; a resync pass from an older epoch stops. */
   private epoch = 0;
   private resyncing = false;
-  /** False from the start of a resync until it ends: the secondary image is then half old, half new. */
-  private secondaryConsistent = true;
+  /**
+   * Whether the secondary image is a point-in-time copy of this volume: not
+   * before the first copy has ended (unless both images were just created),
+   * nor from the start of a resync until it ends (it is then half old, half new).
+   */
+  private secondaryConsistent = false;
   /** Bytes mirrored (acknowledged or queued) since start, for throughput. */
   bytesMirrored = 0;
   writes = 0;
@@ -214,7 +218,8 @@ export class Pair {
 
   /** First handshake of this run: unless both images are known to hold zeroes only, every segment may differ. */
   firstContact(fresh: boolean): void {
-    if (!fresh) this.oos.markAll();
+    if (fresh) this.secondaryConsistent = true;
+    else this.oos.markAll();
   }
 
   /** The link is up and the group lets this pair mirror: copy what is out of sync, then `duplex`. */

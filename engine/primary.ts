@@ -111,6 +111,9 @@ export class Primary {
       throw errors.INVALID_ARGUMENT('Cannot start a primary: give at least one volume');
     }
     parseEndpoint(options.mirror, 'mirror URL');
+    if (options.name !== undefined && (typeof options.name !== 'string' || options.name.length === 0 || options.name.length > 256)) {
+      throw errors.INVALID_ARGUMENT(`Cannot start a primary named ${JSON.stringify(options.name)}: a name is 1 to 256 characters`);
+    }
     const mode = options.mode ?? 'sync';
     if (mode !== 'sync' && mode !== 'async') throw errors.INVALID_ARGUMENT(`Cannot use mode ${JSON.stringify(mode)}: choose sync or async`);
     const names = new Set<string>();
@@ -146,7 +149,7 @@ export class Primary {
         onFailed: (error, lost) => (primary ? primary.onFailed(error, lost) : early.push(() => primary!.onFailed(error, lost))),
       },
     );
-    const name = options.name ?? volumes.map((v) => v.name).join('+');
+    const name = options.name ?? (volumes.length <= 4 ? volumes.map((v) => v.name).join('+') : `${volumes[0]!.name}+${volumes.length - 1}-more`);
     const pairs: Pair[] = [];
     const member = new GroupMember({
       name,

@@ -7,11 +7,10 @@
 // have frozen before any member ran. Then the fault heals and the group
 // resyncs. Without the freeze, the same checker finds a broken cut.
 //
-// BM_GROUP_SEEDS sets the number of faults (default 100 on Node, 40 on Bun
-// and Deno); BM_SEED replays a run from its first seed.
+// BM_GROUP_SEEDS sets the number of faults (default 100 on each runtime;
+// `npm run soak:group` runs 2000); BM_SEED replays a run from its first seed.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { runtime } from '../engine/runtime.ts';
 import { checkCut, DependentChain } from '../bench/dependent-writes.ts';
 import { startGroup, until, type GroupSetup } from './group-setup.ts';
 import { prng, testSeed } from './helpers.ts';
@@ -53,7 +52,7 @@ function checkOrder(member: GroupEvent[], controller: GroupEvent[], members: num
 }
 
 test('dependent writes stay a consistent cut on the secondaries through seeded faults, and every member freezes before any runs', async () => {
-  const seeds = Number(process.env.BM_GROUP_SEEDS ?? (runtime === 'node' ? 100 : 40));
+  const seeds = Number(process.env.BM_GROUP_SEEDS ?? 100);
   const base = testSeed();
   const g = await startGroup();
   const chain = new DependentChain(g.targets, g.blocks);

@@ -60,4 +60,34 @@ test('the README example for embedding a mirrored pair runs', async () => {
   }
 });
 
+test('the README example for embedding a consistency group runs', async () => {
+  const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
+  const section = readme.slice(readme.indexOf('### Embedding a consistency group'));
+  const code = /```ts\n([\s\S]*?)```/.exec(section)?.[1];
+  assert.ok(code, 'the README has a ts example under "Embedding a consistency group"');
+  const { dir, cleanup } = tempDir();
+  try {
+    const source =
+      code!
+        .replace("from 'blockmirror'", `from ${JSON.stringify(pathToFileURL(path.join(root, 'engine/index.ts')).href)}`)
+        .replaceAll("'/srv/a'", JSON.stringify(path.join(dir, 'a')))
+        .replaceAll("'/srv/b'", JSON.stringify(path.join(dir, 'b')))
+        .replace('group.onEvent((event) => console.log(event));', 'const seen = []; group.onEvent((event) => seen.push(event));')
+        .replace('console.log(group.status());', 'export const status = group.status();') + '\nexport { seen };\n';
+    const file = path.join(dir, 'group-example.mts');
+    fs.writeFileSync(file, source);
+    const mod = await import(pathToFileURL(file).href);
+    assert.is(mod.status.role, 'controller');
+    assert.is(mod.status.phase, 'mirroring');
+    assert.equal(mod.status.volumes.map((v: { name: string; state: string }) => `${v.name} ${v.state}`), ['orders duplex', 'audit duplex']);
+    assert.ok(mod.seen.some((e: { event: string }) => e.event === 'member-joined'), 'events were delivered');
+    for (const [name, byte] of [['orders', 1], ['audit', 2]] as const) {
+      const b = fs.readFileSync(path.join(dir, 'b', `${name}.img`));
+      assert.is(b[0], byte, `${name} is mirrored`);
+    }
+  } finally {
+    cleanup();
+  }
+});
+
 test.run();
