@@ -4,7 +4,7 @@
  * is started with.
  */
 import type { SharedJournal } from './journal.ts';
-import type { VolumeRequest } from './secondary-session.ts';
+import type { VolumeHello } from './secondary-session.ts';
 
 export const ChannelState = {
   idle: 0,
@@ -19,7 +19,6 @@ export interface ChannelConfig {
   journal: SharedJournal;
   secret: Uint8Array | undefined;
   mode: 'sync' | 'async';
-  volumes: VolumeRequest[];
   payloadBytesMax: number;
   connectTimeoutMs: number;
   ackTimeoutMs: number;

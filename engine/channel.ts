@@ -18,16 +18,17 @@ import { Unpackr } from 'msgpackr';
 import { ChannelState, type ChannelConfig } from './channel-config.ts';
 import { errors, fromPlain, type BlockmirrorError } from './errors.ts';
 import { Fifo } from './fifo.ts';
-import { alignedFrameBytes, FrameType, headerPackr, payloadBytesMaxDefault, prefixBytes, writeFrame } from './frame.ts';
+import { alignedFrameBytes, FrameType, WriteFlag, headerPackr, payloadBytesMaxDefault, prefixBytes, writeFrame } from './frame.ts';
 import { Control, defaultJournalBytes, Journal, paddingMagic } from './journal.ts';
-import type { VolumeRequest } from './secondary-session.ts';
+import type { VolumeHello, VolumeWelcome } from './secondary-session.ts';
 import { spawnWorker, type WorkerHandle } from '../workers/spawn.ts';
 
 export interface ChannelOptions {
   url: string;
   secret?: Uint8Array;
   mode: 'sync' | 'async';
-  volumes: VolumeRequest[];
+  /** The hello's volume list, asked for at every connect (generation ids change between connects). */
+  hello: () => VolumeHello[];
   /** Journal ring size in bytes (power of two, 1 MiB to 1 GiB). Default 64 MiB: the most an async secondary may lag. */
   journalBytes?: number;
   /** Largest payload of one record; larger writes are split. Default 4 MiB. */
@@ -51,8 +52,8 @@ export interface LostRecord {
 }
 
 export interface ChannelEvents {
-  /** `created[i]`: the secondary created volume i's image just now (it holds zeroes). */
-  onConnected(created: boolean[]): void;
+  /** The handshake succeeded; `welcome[i]` is the secondary's answer for volume i (its resync plan). */
+  onConnected(welcome: VolumeWelcome[]): void;
   onFailed(error: BlockmirrorError, lost: LostRecord[]): void;
 }
 
@@ -72,6 +73,9 @@ export class Channel {
   private readonly roomWaiters = new Fifo<{ bytes: number; resolve: (ok: boolean) => void }>();
   /** Callers of `failureHandled` waiting for the main thread to handle a failure the worker published. */
   private failureWaiters: Array<() => void> = [];
+  /** Codes requests waiting for their reply, by tag. Failed (undefined) when the link fails. */
+  private readonly codesWaiters = new Map<number, (bytes: Uint8Array | undefined) => void>();
+  private nextTag = 1;
   /** Ring bytes granted by `room` and not yet appended (twice each record's size). */
   private reserved = 0;
   private handledState: number = ChannelState.connecting;
@@ -105,16 +109,21 @@ export class Channel {
       journal: journal.toShared(),
       secret: options.secret,
       mode: options.mode,
-      volumes: options.volumes,
       payloadBytesMax,
       connectTimeoutMs: options.connectTimeoutMs ?? 3000,
       ackTimeoutMs: options.ackTimeoutMs ?? 5000,
       heartbeatMs: options.heartbeatMs ?? 1000,
       heartbeatsMissedMax: options.heartbeatsMissedMax ?? 3,
     };
-    worker.post({ type: 'start', config, firstSeq: channel.nextSeq });
+    worker.post({ type: 'start', config });
     channel.watch();
     return channel;
+  }
+
+  /** Makes the first connection (once the owner can answer `hello`); later ones follow failures by themselves. */
+  connect(): void {
+    if (this.stopped) return;
+    this.worker.post({ type: 'connect', firstSeq: this.nextSeq, volumes: this.options.hello() });
   }
 
   get state(): number {
@@ -164,6 +173,27 @@ export class Channel {
 
   appendFlush(): number {
     return this.append([FrameType.flush, 0]);
+  }
+
+  appendSyncBegin(volume: number, gen: string): number {
+    return this.append([FrameType.syncBegin, 0, volume, gen]);
+  }
+
+  appendSyncEnd(volume: number, gen: string, history: string[]): number {
+    return this.append([FrameType.syncEnd, 0, volume, gen, history]);
+  }
+
+  /**
+   * Appends a request for the codes of segments first..first+count of
+   * `volume`; the caller has been granted room. `reply` resolves with the
+   * secondary's codes (then one valid byte per segment), or undefined if
+   * the link fails first.
+   */
+  appendCodesRequest(volume: number, first: number, count: number): { seq: number; reply: Promise<Uint8Array | undefined> } {
+    const tag = this.nextTag;
+    this.nextTag = (this.nextTag + 1) >>> 0 || 1;
+    const reply = new Promise<Uint8Array | undefined>((resolve) => this.codesWaiters.set(tag, resolve));
+    return { seq: this.append([FrameType.codesRequest, 0, volume, first, count, tag]), reply };
   }
 
   /** Resolves true once the secondary acknowledged `seq`, false if the channel failed first. */
@@ -261,14 +291,18 @@ export class Channel {
     }
   }
 
-  private onWorkerMessage(m: { type: string; error?: { code: string; message: string }; created?: boolean[] }): void {
+  private onWorkerMessage(m: { type: string; error?: { code: string; message: string }; welcome?: VolumeWelcome[]; tag?: number; bytes?: Uint8Array }): void {
     if (m.type === 'failed') {
       this.lastError = fromPlain(m.error!);
       this.react();
       this.handleFailure();
     } else if (m.type === 'connected') {
       this.react();
-      this.events.onConnected(m.created ?? []);
+      this.events.onConnected(m.welcome ?? []);
+    } else if (m.type === 'codes') {
+      const waiter = this.codesWaiters.get(m.tag!);
+      this.codesWaiters.delete(m.tag!);
+      waiter?.(m.bytes);
     }
   }
 
@@ -298,13 +332,15 @@ export class Channel {
       this.reconnectTimer = undefined;
       if (this.stopped) return;
       this.handledState = ChannelState.connecting;
-      this.worker.post({ type: 'connect', firstSeq: this.nextSeq });
+      this.worker.post({ type: 'connect', firstSeq: this.nextSeq, volumes: this.options.hello() });
     }, delay);
   }
 
   private failWaiters(): void {
     while (this.ackWaiters.length) this.ackWaiters.shift()!.resolve(false);
     while (this.roomWaiters.length) this.roomWaiters.shift()!.resolve(false);
+    for (const resolve of this.codesWaiters.values()) resolve(undefined);
+    this.codesWaiters.clear();
   }
 
   private unacknowledged(): LostRecord[] {
@@ -322,7 +358,7 @@ export class Channel {
       const h = view.getUint32(at + 4, true);
       const p = view.getUint32(at + 8, true);
       const header = ringUnpackr.unpack(ring.subarray(at + prefixBytes, at + prefixBytes + h)) as number[];
-      if (header[0] === FrameType.write) lost.push({ type: header[0], volume: header[2]!, offset: header[3]!, length: p });
+      if (header[0] === FrameType.write && ((header[4] ?? 0) & WriteFlag.resync) === 0) lost.push({ type: header[0], volume: header[2]!, offset: header[3]!, length: p });
       else if (header[0] === FrameType.zeroes) lost.push({ type: header[0], volume: header[2]!, offset: header[3]!, length: header[4]! });
       pos = (pos + ((prefixBytes + h + p + 7) & ~7)) | 0;
     }

@@ -162,6 +162,29 @@ export class CodeTable {
     return this.isValid(segment) && Atomics.load(this.generation, segment) === g ? code : undefined;
   }
 
+  /**
+   * Copies the codes of segments first..first+count into `codes` and their
+   * valid flags into `valid` (as `snapshot` does for all). True when every
+   * one of them is valid.
+   */
+  copyRange(first: number, count: number, codes: Uint8Array, valid: Uint8Array): boolean {
+    const size = this.codeBytes;
+    let all = true;
+    for (let i = 0; i < count; i++) {
+      const s = first + i;
+      const g = Atomics.load(this.generation, s);
+      valid[i] = 0;
+      if (Atomics.load(this.validGeneration, s) !== g) {
+        all = false;
+        continue;
+      }
+      codes.set(this.codes.subarray(s * size, (s + 1) * size), i * size);
+      if (Atomics.load(this.validGeneration, s) === g && Atomics.load(this.generation, s) === g) valid[i] = 1;
+      else all = false;
+    }
+    return all;
+  }
+
   snapshot(): CodeSnapshot {
     const size = this.codeBytes;
     const codes = new Uint8Array(this.segmentCount * size);

@@ -20,7 +20,8 @@ import { FrameDecoder } from './frame-decoder.ts';
 import { FrameEncoder } from './frame-encoder.ts';
 import { FrameType } from './frame.ts';
 import { connect, listen, type Link, type Listener } from './link.ts';
-import { encodeJson, type GroupMember, type GroupPolicy, type GroupSettings } from './member.ts';
+import { encodeJson } from './json-payload.ts';
+import type { GroupMember, GroupPolicy, GroupSettings } from './member.ts';
 import { protocolVersion } from './secondary-session.ts';
 
 /** A status reply carries JSON of at most this many bytes. */

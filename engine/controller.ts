@@ -29,7 +29,8 @@ import { errors, type BlockmirrorError } from './errors.ts';
 import type { Frame } from './frame-decoder.ts';
 import { FrameType } from './frame.ts';
 import { connect, parseEndpoint, type Link } from './link.ts';
-import { decodeJson, eventTime, holdTimeoutMsDefault, type GroupEvent, type GroupPolicy, type MemberSummary, type MemberVolume } from './member.ts';
+import { decodeJson } from './json-payload.ts';
+import { eventTime, holdTimeoutMsDefault, type GroupEvent, type GroupPolicy, type MemberSummary, type MemberVolume } from './member.ts';
 import type { Primary } from './primary.ts';
 import { protocolVersion } from './secondary-session.ts';
 

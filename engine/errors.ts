@@ -94,6 +94,14 @@ export const errors = {
   UNKNOWN_GROUP: make('BM_ERR_UNKNOWN_GROUP'),
   /** A consistency group that cannot keep its promise: async members on more than one channel. */
   GROUP_ASYNC: make('BM_ERR_GROUP_ASYNC'),
+  /** A metadata file that is missing fields, corrupt, truncated, foreign or of another volume: never trusted. */
+  METADATA: make('BM_ERR_METADATA'),
+  /** Both sides were written since they last agreed (generation ids): refused until an operator names the survivor. */
+  SPLIT_BRAIN: make('BM_ERR_SPLIT_BRAIN'),
+  /** The target holds a newer generation than the source (it was promoted and written since): the source must become the target. */
+  STALE_SOURCE: make('BM_ERR_STALE_SOURCE'),
+  /** A volume whose role does not allow the operation (a secondary's copy started as a primary without promote, ...). */
+  ROLE: make('BM_ERR_ROLE'),
   /** Bad command-line usage. */
   USAGE: make('BM_ERR_USAGE'),
   /** A broken internal invariant: a bug, never an operating condition. */

@@ -133,6 +133,9 @@ export class FrameDecoder {
 
 const isUint = (x: unknown, max = 0xffffffff): x is number => typeof x === 'number' && Number.isInteger(x) && x >= 0 && x <= max;
 const isOffset = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+const isGen = (x: unknown): boolean => typeof x === 'string' && /^[0-9a-f]{16}$/.test(x);
+/** Most segments one codes request may ask for (the reply then carries at most 4096 × 32 bytes). */
+export const codesPerRequestMax = 4096;
 const isObject = (x: unknown) => typeof x === 'object' && x !== null && !Array.isArray(x) && !(x instanceof Uint8Array);
 
 /** Returns what is wrong with a header's shape, or undefined. */
@@ -156,6 +159,22 @@ function checkShape(header: unknown, payloadBytes: number): string | undefined {
     case FrameType.pong:
       if (header.length !== 2 || typeof header[1] !== 'number') return `type ${type} needs [type, stamp]`;
       return noPayload;
+    case FrameType.syncBegin:
+      if (header.length !== 4 || !isUint(header[1]) || !isUint(header[2], 65535) || !isGen(header[3])) return 'sync begin needs [type, seq, volume, gen]';
+      return noPayload;
+    case FrameType.syncEnd:
+      if (header.length !== 5 || !isUint(header[1]) || !isUint(header[2], 65535) || !isGen(header[3]) || !Array.isArray(header[4]) || header[4].length > 16 || !header[4].every(isGen)) {
+        return 'sync end needs [type, seq, volume, gen, history]';
+      }
+      return noPayload;
+    case FrameType.codesRequest:
+      if (header.length !== 6 || !isUint(header[1]) || !isUint(header[2], 65535) || !isOffset(header[3]) || !isUint(header[4], codesPerRequestMax) || header[4] === 0 || !isUint(header[5])) {
+        return 'codes request needs [type, seq, volume, first, count, tag]';
+      }
+      return noPayload;
+    case FrameType.codesReply:
+      if (header.length !== 5 || !isUint(header[1], 65535) || !isOffset(header[2]) || !isUint(header[3], codesPerRequestMax) || !isUint(header[4])) return 'codes reply needs [type, volume, first, count, tag]';
+      return undefined;
     case FrameType.status:
       if (header.length !== 1) return 'status needs [type]';
       return noPayload;

@@ -24,9 +24,9 @@ export const payloadBytesMaxDefault = 4 * 1024 * 1024;
 export const FrameType = {
   /** first frame of a secondary (to a primary) and of a control endpoint: [type, {version, nonce, auth, role?}] */
   challenge: 1,
-  /** primary → secondary: [type, {version, nonce, proof?, seq, mode, volumes}] */
+  /** primary → secondary: [type, {version, nonce, proof?, seq, mode}] + JSON volumes (with generations) */
   hello: 2,
-  /** secondary → primary: [type, {version, proof?, created}] */
+  /** secondary → primary: [type, {version, proof?}] + JSON per volume: created, resync plan, consistent */
   welcome: 3,
   /** either way, then close: [type, code, message] */
   refuse: 4,
@@ -69,12 +69,21 @@ export const FrameType = {
   command: 22,
   /** control endpoint → operator: the command's outcome */
   reply: 23,
+  // Resync by codes (docs/protocol.md, "Resync"). Records carry a sequence number like writes.
+  /** primary → secondary record: [type, seq, volume, gen]: a resync toward generation gen starts */
+  syncBegin: 24,
+  /** primary → secondary record: [type, seq, volume, first, count, tag]: send the codes of segments first..first+count */
+  codesRequest: 25,
+  /** secondary → primary: [type, volume, first, count, tag] + codes (count × code bytes) */
+  codesReply: 26,
+  /** primary → secondary record: [type, seq, volume, gen, history]: the resync ended; acknowledged once the image is consistent and durable */
+  syncEnd: 27,
 } as const;
 
 /** Frame types whose header is exactly [type, {fields}]. */
 export const objectFrameTypes: ReadonlySet<number> = new Set([1, 2, 3, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]);
-/** Of those, the ones that may carry a payload (a member's volume list, as JSON, which may outgrow a header). */
-export const objectPayloadFrameTypes: ReadonlySet<number> = new Set([14, 19]);
+/** Of those, the ones that may carry a payload: volume lists as JSON (hello, welcome, joined, memberState), which may outgrow a header. */
+export const objectPayloadFrameTypes: ReadonlySet<number> = new Set([2, 3, 14, 19]);
 
 export type FrameTypeValue = (typeof FrameType)[keyof typeof FrameType];
 

@@ -136,9 +136,9 @@ export class HashPool {
     await this.request(() => ({ type: 'detach', id }));
   }
 
-  /** Every worker hashes every invalid segment it owns in volume `id`, now. */
-  async settle(id: number): Promise<void> {
-    await this.request(() => ({ type: 'settle', id }));
+  /** Every worker hashes every invalid segment it owns in volume `id` (or in segments [first, end)), now. */
+  async settle(id: number, range?: { first: number; end: number }): Promise<void> {
+    await this.request(() => ({ type: 'settle', id, range }));
   }
 
   async close(): Promise<void> {

@@ -104,6 +104,15 @@ export class ImageFile {
     });
   }
 
+  /** `flush()`, blocking: for the rare paths that must finish before anything else runs (a rollback). */
+  flushSync(): void {
+    try {
+      fs.fdatasyncSync(this.fd);
+    } catch (e) {
+      throw errors.IO(`Cannot flush image '${this.path}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  }
+
   async close(): Promise<void> {
     if (this.fd < 0) return;
     await this.flush();

@@ -97,20 +97,6 @@ export interface MemberHost {
 }
 
 const textEncoder = new TextEncoder();
-const textDecoder = new TextDecoder();
-
-/** A member's volume list travels as a JSON payload: with many volumes it outgrows a 4 KiB header. */
-export function encodeJson(value: unknown): Uint8Array {
-  return textEncoder.encode(JSON.stringify(value));
-}
-
-export function decodeJson(bytes: Uint8Array): unknown {
-  try {
-    return JSON.parse(textDecoder.decode(bytes));
-  } catch {
-    throw errors.FRAME_HEADER('Cannot read control frame: its payload is not JSON');
-  }
-}
 
 export function eventTime(): { at: string; t: number } {
   const t = performance.timeOrigin + performance.now();

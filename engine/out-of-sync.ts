@@ -67,6 +67,15 @@ export class OutOfSyncMap {
     return this.lastSegmentSet ? (this.count - 1) * this.segmentSize + lastBytes : this.count * this.segmentSize;
   }
 
+  /** A copy of the marks, for a resync to remember its candidates. */
+  copy(): OutOfSyncMap {
+    const other = new OutOfSyncMap(this.volumeSize, this.segmentSize);
+    other.bits.set(this.bits);
+    other.count = this.count;
+    other.lastSegmentSet = this.lastSegmentSet;
+    return other;
+  }
+
   /** The first marked segment at or after `from`, or -1. */
   next(from: number): number {
     for (let word = from >>> 5; word < this.bits.length; word++) {

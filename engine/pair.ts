@@ -23,9 +23,16 @@
  * (invariant 6) and never completes unmirrored while another member of its
  * group still mirrors (invariant 4).
  *
- * Resync copies each marked segment as a record with the resync flag and
- * clears its bit only when that record is acknowledged. Codes are not
- * compared yet (the resync issue adds that): this is the seam.
+ * Generations (metadata.ts): the first write that completes without the
+ * secondary (recorded in the out-of-sync map) gives the volume a new
+ * generation id, saved before that write completes, so the sides can later
+ * tell which one is newer.
+ *
+ * Resync (resync.ts): when the link is up and the group lets the pair
+ * mirror, the segments in the out-of-sync map (every segment when the
+ * secondary's plan is a full comparison) are compared by code and only the
+ * differing ones copied; the bits are cleared when the secondary has
+ * acknowledged the end of the resync, its image consistent and durable.
  */
 import type { Channel } from './channel.ts';
 import { errors } from './errors.ts';
@@ -33,21 +40,26 @@ import { WriteFlag } from './frame.ts';
 import type { GroupMember } from './member.ts';
 import { OutOfSyncMap } from './out-of-sync.ts';
 import type { Volume, WriteOptions } from './volume.ts';
-import { Fifo } from './fifo.ts';
+import { nextGeneration, saveMetadata, type VolumeMetadata } from './metadata.ts';
+import { Comparison, type ResyncProgress } from './resync.ts';
+import type { VolumeHello, VolumeWelcome } from './secondary-session.ts';
 
 export type PairState = 'syncing' | 'duplex' | 'frozen' | 'suspended' | 'standalone';
 
-export interface PairEvent {
-  type: 'state';
-  volume: string;
-  from: PairState;
-  to: PairState;
-  reason?: string;
-  at: string;
-}
+export type PairEvent =
+  | { type: 'state'; volume: string; from: PairState; to: PairState; reason?: string; at: string }
+  | { type: 'resync'; volume: string; event: 'started' | 'progress' | 'finished' | 'stopped'; reason?: string; progress: ResyncProgress; at: string };
 
-/** Most resync bytes sent and not yet acknowledged. */
-export const resyncWindowBytes = 8 * 1024 * 1024;
+export interface VerifyResult {
+  volume: string;
+  /** Segments compared and bytes they hold. */
+  segments: number;
+  bytes: number;
+  /** Segments whose codes differ (now marked out of sync and being resynced). */
+  differing: number[];
+  /** False when the link failed before every segment was compared. */
+  complete: boolean;
+}
 
 export class Pair {
   readonly volume: Volume;
@@ -58,6 +70,17 @@ export class Pair {
   private readonly channel: Channel;
   private readonly gate: GroupMember;
   private readonly emit: (event: PairEvent) => void;
+  /** Where the metadata is saved (undefined: a volume in memory, whose metadata lives in memory). */
+  private readonly dir: string | undefined;
+  private metadata: VolumeMetadata;
+  /** The out-of-sync map has been kept since `metadata.oosBase` without a gap. */
+  private oosTrusted: boolean;
+  /** Created in this run: it holds zeroes until its first write. */
+  private readonly created: boolean;
+  /** The secondary's plan at the last handshake asked for a full comparison. */
+  private fullCompare = false;
+  /** The secondary's generation, as its last welcome said (undefined before the first). */
+  private targetGen: string | undefined;
   private current: PairState = 'suspended';
   /** Bumped on every failure and freeze; a resync pass from an older epoch stops. */
   private epoch = 0;
@@ -68,11 +91,26 @@ export class Pair {
    * nor from the start of a resync until it ends (it is then half old, half new).
    */
   private secondaryConsistent = false;
+  /** The running (or last) resync or verify. */
+  progress: ResyncProgress | undefined;
+  /** Largest bytes per second a resync copies (undefined: unpaced). */
+  resyncRateBytesPerSec: number | undefined;
   /** Bytes mirrored (acknowledged or queued) since start, for throughput. */
   bytesMirrored = 0;
   writes = 0;
 
-  constructor(options: { volume: Volume; index: number; channel: Channel; gate: GroupMember; mode: 'sync' | 'async'; emit: (event: PairEvent) => void }) {
+  constructor(options: {
+    volume: Volume;
+    index: number;
+    channel: Channel;
+    gate: GroupMember;
+    mode: 'sync' | 'async';
+    emit: (event: PairEvent) => void;
+    metadata: VolumeMetadata;
+    dir: string | undefined;
+    created: boolean;
+    resyncRateBytesPerSec?: number;
+  }) {
     this.volume = options.volume;
     this.name = options.volume.name;
     this.index = options.index;
@@ -80,7 +118,27 @@ export class Pair {
     this.gate = options.gate;
     this.mode = options.mode;
     this.emit = options.emit;
+    this.metadata = options.metadata;
+    this.dir = options.dir;
+    this.created = options.created;
+    // A map is complete only if it has been kept since the volume was created here.
+    this.oosTrusted = options.created;
+    this.resyncRateBytesPerSec = options.resyncRateBytesPerSec;
     this.oos = new OutOfSyncMap(this.volume.size, this.volume.segmentSize);
+  }
+
+  get meta(): VolumeMetadata {
+    return this.metadata;
+  }
+
+  /** What the hello says of this volume: geometry and generation ids. */
+  hello(): VolumeHello {
+    const v = this.volume;
+    const m = this.metadata;
+    return {
+      name: v.name, size: v.size, blockSize: v.blockSize, segmentSize: v.segmentSize, code: v.algorithm,
+      gen: m.gen, history: m.history, oosBase: m.oosBase, oosTrusted: this.oosTrusted, fresh: this.created && this.writes === 0,
+    };
   }
 
   get state(): PairState {
@@ -117,7 +175,7 @@ export class Pair {
         // Not mirrored: apply locally and record what the secondary now lacks.
         const rest = data.subarray(done);
         this.volume.writeSync(offset + done, rest);
-        this.oos.markRange(offset + done, rest.length);
+        this.recordUnmirrored(offset + done, rest.length);
         break;
       }
       const chunk = data.subarray(done, done + n);
@@ -137,7 +195,7 @@ export class Pair {
     const how = await this.admit(0);
     this.volume.writeZeroesSync(offset, length);
     let seq = -1;
-    if (how === 'record') this.oos.markRange(offset, length);
+    if (how === 'record') this.recordUnmirrored(offset, length);
     else seq = this.channel.appendZeroes(this.index, offset, length);
     await this.complete(seq, this.mode === 'sync' || options.fua === true);
     if (options.fua) await this.volume.flush();
@@ -210,25 +268,72 @@ export class Pair {
     return false;
   }
 
-  /** The link failed: record what the secondary may lack and stop any resync. The primary then sets the state. */
+  /**
+   * The link failed: record what the secondary may lack and stop any resync.
+   * The primary then sets the state. Records lost in flight do not start a
+   * new generation: they belong to the moment of the failure, and a failover
+   * discards them by design. Writes this primary completes alone afterwards do.
+   */
   failed(lost: Array<{ offset: number; length: number }>): void {
     this.epoch++;
     for (const r of lost) this.oos.markRange(r.offset, r.length);
   }
 
-  /** First handshake of this run: unless both images are known to hold zeroes only, every segment may differ. */
-  firstContact(fresh: boolean): void {
-    if (fresh) this.secondaryConsistent = true;
-    else this.oos.markAll();
+  /** A handshake succeeded: the secondary's plan and state for this volume. */
+  attach(welcome: VolumeWelcome): void {
+    this.fullCompare = welcome.full;
+    this.targetGen = welcome.gen;
+    this.secondaryConsistent = welcome.consistent;
+    if (welcome.full) this.oos.markAll();
   }
 
-  /** The link is up and the group lets this pair mirror: copy what is out of sync, then `duplex`. */
+  /** The link is up and the group lets this pair mirror: compare and copy what is out of sync, then `duplex`. */
   startMirroring(reason: string): void {
     if (!this.channel.connected) return this.setState('suspended', reason);
     if (this.current === 'duplex' || (this.current === 'syncing' && this.resyncing)) return;
-    if (this.oos.size === 0 && this.current !== 'syncing') return this.setState('duplex', reason);
+    const inSync = this.oos.size === 0 && this.targetGen === this.metadata.gen && this.secondaryConsistent;
+    if (inSync && this.current !== 'syncing') return this.setState('duplex', reason);
     this.setState('syncing', reason);
     void this.resync();
+  }
+
+  /**
+   * Online verify: compares the code of every segment with the secondary's
+   * (only codes cross the network), marks the differing ones out of sync
+   * and resyncs them. Only a `duplex` pair can be verified.
+   */
+  async verify(): Promise<VerifyResult> {
+    if (this.current !== 'duplex') {
+      throw errors.ROLE(`Cannot verify volume '${this.name}': its pair is ${this.current}, not duplex`);
+    }
+    const epoch = this.epoch;
+    const comparison = new Comparison(this.resyncContext(epoch), 'verify', true, this.volume.segmentCount);
+    this.progress = comparison.progress;
+    const differing: number[] = [];
+    this.emitResync('started', 'online verify');
+    const complete = await comparison.run(() => true, (s) => differing.push(s));
+    this.emitResync(complete ? 'finished' : 'stopped', `online verify: ${differing.length} segments differ`);
+    for (const s of differing) this.oos.mark(s);
+    if (differing.length && this.current === 'duplex') {
+      this.setState('syncing', `online verify found ${differing.length} differing segments`);
+      void this.resync();
+    }
+    return { volume: this.name, segments: comparison.progress.segmentsCompared, bytes: comparison.progress.bytesCompared, differing, complete };
+  }
+
+  /**
+   * Records a write this primary completes without the secondary; the first
+   * one since the sides agreed starts a new generation, saved before the
+   * write completes.
+   */
+  private recordUnmirrored(offset: number, length: number): void {
+    this.oos.markRange(offset, length);
+    if (length > 0 && this.metadata.gen === this.metadata.oosBase) this.saveMeta(nextGeneration(this.metadata));
+  }
+
+  private saveMeta(meta: VolumeMetadata): void {
+    this.metadata = meta;
+    if (this.dir) saveMetadata(this.dir, meta);
   }
 
   setState(to: PairState, reason?: string): void {
@@ -253,39 +358,58 @@ export class Pair {
     return false;
   }
 
+  private resyncContext(epoch: number) {
+    return {
+      volume: this.volume,
+      oos: this.oos,
+      channel: this.channel,
+      index: this.index,
+      alive: () => epoch === this.epoch && this.mirroring,
+      reserve: (bytes: number) => this.reserve(bytes),
+      rateBytesPerSec: this.resyncRateBytesPerSec,
+    };
+  }
+
+  private emitResync(event: 'started' | 'progress' | 'finished' | 'stopped', reason: string): void {
+    if (!this.progress) return;
+    this.emit({ type: 'resync', volume: this.name, event, reason, progress: { ...this.progress }, at: new Date().toISOString() });
+  }
+
   private async resync(): Promise<void> {
     if (this.resyncing) return;
     this.resyncing = true;
     const epoch = this.epoch;
-    const segment = this.volume.segmentSize;
-    const inflight = new Fifo<{ seq: number; segment: number; bytes: number }>();
-    let inflightBytes = 0;
-    const settle = async (upTo: number) => {
-      while (inflight.length && inflightBytes > upTo) {
-        const head = inflight.peek()!;
-        const acked = await this.channel.waitAck(head.seq);
-        if (!acked || epoch !== this.epoch) return false;
-        inflight.shift();
-        inflightBytes -= head.bytes;
-        this.oos.clear(head.segment);
-      }
-      return true;
-    };
+    const gen = this.metadata.gen;
+    const candidates = this.oos.copy();
+    const comparison = new Comparison(this.resyncContext(epoch), 'resync', this.fullCompare, candidates.size);
+    this.progress = comparison.progress;
+    const ticker = setInterval(() => this.emitResync('progress', 'resync'), 1000);
+    (ticker as { unref?: () => void }).unref?.();
+    let done = false;
     try {
-      for (let s = this.oos.next(0); s >= 0; s = this.oos.next(s + 1)) {
-        if (!(await settle(resyncWindowBytes))) return;
-        const bytes = Math.min(segment, this.volume.size - s * segment);
-        if (!(await this.reserve(bytes)) || epoch !== this.epoch) return;
-        const seq = this.channel.appendWrite(this.index, s * segment, this.volume.read(s * segment, bytes), WriteFlag.resync);
-        inflight.push({ seq, segment: s, bytes });
-        inflightBytes += bytes;
-      }
-      if (!(await settle(0))) return;
-      if (epoch === this.epoch && this.oos.size === 0 && this.current === 'syncing') this.setState('duplex', 'resync done');
+      // Begin and end records carry generation ids: room as for a small payload.
+      if (!(await this.reserve(256)) || epoch !== this.epoch) return;
+      this.channel.appendSyncBegin(this.index, gen);
+      this.emitResync('started', this.fullCompare ? 'every code is compared' : 'the out-of-sync segments are compared');
+      if (!(await comparison.run((s) => candidates.has(s)))) return;
+      if (!(await this.reserve(256)) || epoch !== this.epoch) return;
+      const end = this.channel.appendSyncEnd(this.index, gen, this.metadata.history);
+      if (!(await this.channel.waitAck(end)) || epoch !== this.epoch) return;
+      // The secondary holds every candidate, consistent and durable: only now are the bits cleared.
+      for (let s = candidates.next(0); s >= 0; s = candidates.next(s + 1)) this.oos.clear(s);
+      this.targetGen = gen;
+      this.fullCompare = false;
+      this.oosTrusted = true;
+      if (this.metadata.oosBase !== gen) this.saveMeta({ ...this.metadata, oosBase: gen });
+      done = true;
+      this.emitResync('finished', `${comparison.progress.segmentsDiffering} of ${comparison.progress.segmentsCompared} segments differed and were copied`);
+      if (this.current === 'syncing' && this.oos.size === 0) this.setState('duplex', 'resync done');
     } finally {
+      clearInterval(ticker);
       this.resyncing = false;
-      // Marks that arrived while this pass ran (none while mirroring) get a new pass.
-      if (epoch === this.epoch && this.current === 'syncing' && this.oos.size > 0) void this.resync();
+      if (!done) this.emitResync('stopped', 'the link failed or the group froze; the next resync compares again');
+      // Marks that arrived while this pass ran get a new pass.
+      if (epoch === this.epoch && this.current === 'syncing' && (this.oos.size > 0 || this.targetGen !== this.metadata.gen)) void this.resync();
     }
   }
 }

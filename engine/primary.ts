@@ -16,6 +16,8 @@ import { Volume } from './volume.ts';
 import type { CodeAlgorithm } from './codes.ts';
 import type { HashPool } from './hash-pool.ts';
 import { parseEndpoint, type Link } from './link.ts';
+import { freshMetadata, loadMetadata, saveMetadata, type VolumeMetadata } from './metadata.ts';
+import type { VolumeWelcome } from './secondary-session.ts';
 import { GroupMember, type GroupEvent } from './member.ts';
 import { memoryLinkPair } from './memory-link.ts';
 import { serveControl, type OperatorVerb } from './control-server.ts';
@@ -28,7 +30,7 @@ export interface PrimaryVolumeOptions {
   code?: CodeAlgorithm;
 }
 
-export interface PrimaryOptions extends Omit<ChannelOptions, 'url' | 'volumes' | 'mode'> {
+export interface PrimaryOptions extends Omit<ChannelOptions, 'url' | 'hello' | 'mode'> {
   /** Directory of the images; without it the volumes live in memory. */
   dir?: string;
   volumes: PrimaryVolumeOptions[];
@@ -39,6 +41,8 @@ export interface PrimaryOptions extends Omit<ChannelOptions, 'url' | 'volumes' |
   pool?: HashPool | 'shared' | 'none';
   /** Name of this primary in group events and status. Default: its volume names joined with '+'. */
   name?: string;
+  /** Largest bytes per second a resync copies, per volume. Default: unpaced. */
+  resyncRateBytesPerSec?: number;
 }
 
 export type PrimaryEvent = PairEvent | GroupEvent | { type: 'link'; status: 'connected' | 'failed'; url: string; code?: string; message?: string; lostRecords?: number; at: string };
@@ -54,6 +58,10 @@ export interface VolumeStatus {
   mirrorBytesPerSec: number;
   /** False while a resync is copying into the secondary: its image is then not a point-in-time copy. */
   consistent: boolean;
+  /** This volume's generation id (metadata.ts). */
+  gen: string;
+  /** The running or last resync or verify: bytes done and total, rate, ETA. */
+  resync?: import('./resync.ts').ResyncProgress;
 }
 
 export interface PrimaryStatus {
@@ -121,15 +129,21 @@ export class Primary {
       if (names.has(v.name)) throw errors.INVALID_ARGUMENT(`Cannot start a primary: volume '${v.name}' is listed twice`);
       names.add(v.name);
     }
+    if (options.resyncRateBytesPerSec !== undefined && !(options.resyncRateBytesPerSec > 0)) {
+      throw errors.INVALID_ARGUMENT(`Cannot use a resync rate of ${String(options.resyncRateBytesPerSec)} bytes per second: give a positive number`);
+    }
     if (options.dir) fs.mkdirSync(options.dir, { recursive: true });
     const volumes: Volume[] = [];
     const fresh: boolean[] = [];
+    const metas: VolumeMetadata[] = [];
     try {
       for (const v of options.volumes) {
         const exists = options.dir !== undefined && fs.existsSync(path.join(options.dir, `${v.name}.img`));
         const common = { ...v, dir: options.dir, pool: options.pool };
-        volumes.push(exists ? await Volume.open({ ...common, dir: options.dir! }) : await Volume.create(common));
+        const volume = exists ? await Volume.open({ ...common, dir: options.dir! }) : await Volume.create(common);
+        volumes.push(volume);
         fresh.push(!exists);
+        metas.push(primaryMetadata(options.dir, volume));
       }
     } catch (e) {
       for (const v of volumes) await v.close();
@@ -137,20 +151,20 @@ export class Primary {
     }
     let primary: Primary | undefined;
     const early: Array<() => void> = [];
+    const pairs: Pair[] = [];
     const channel = await Channel.start(
       {
         ...options,
         url: options.mirror,
         mode,
-        volumes: volumes.map((v) => ({ name: v.name, size: v.size, blockSize: v.blockSize, segmentSize: v.segmentSize, code: v.algorithm })),
+        hello: () => pairs.map((p) => p.hello()),
       },
       {
-        onConnected: (created) => (primary ? primary.onConnected(created) : early.push(() => primary!.onConnected(created))),
+        onConnected: (welcome) => (primary ? primary.onConnected(welcome) : early.push(() => primary!.onConnected(welcome))),
         onFailed: (error, lost) => (primary ? primary.onFailed(error, lost) : early.push(() => primary!.onFailed(error, lost))),
       },
     );
     const name = options.name ?? (volumes.length <= 4 ? volumes.map((v) => v.name).join('+') : `${volumes[0]!.name}+${volumes.length - 1}-more`);
-    const pairs: Pair[] = [];
     const member = new GroupMember({
       name,
       mode,
@@ -165,9 +179,25 @@ export class Primary {
       primary!.emit(e);
       member.onPairState();
     };
-    volumes.forEach((volume, index) => pairs.push(new Pair({ volume, index, channel, gate: member, mode, emit: onPairEvent })));
+    volumes.forEach((volume, index) =>
+      pairs.push(
+        new Pair({
+          volume,
+          index,
+          channel,
+          gate: member,
+          mode,
+          emit: onPairEvent,
+          metadata: metas[index]!,
+          dir: options.dir,
+          created: fresh[index]!,
+          resyncRateBytesPerSec: options.resyncRateBytesPerSec,
+        }),
+      ),
+    );
     primary = new Primary(name, options.mirror, mode, channel, member, pairs, fresh);
     for (const f of early) f();
+    channel.connect();
     return primary;
   }
 
@@ -259,6 +289,8 @@ export class Primary {
         bytesMirrored: p.bytesMirrored,
         mirrorBytesPerSec: this.rates[this.pairs.indexOf(p)]!,
         consistent: p.consistent,
+        gen: p.meta.gen,
+        resync: p.progress ? { ...p.progress } : undefined,
       })),
     };
   }
@@ -285,10 +317,10 @@ export class Primary {
     for (const l of this.listeners) l(event);
   }
 
-  private onConnected(created: boolean[]): void {
-    const first = this.contacts++ === 0;
+  private onConnected(welcome: VolumeWelcome[]): void {
+    this.contacts++;
     this.emit({ type: 'link', status: 'connected', url: this.mirror, at: new Date().toISOString() });
-    if (first) this.pairs.forEach((p, i) => p.firstContact(this.fresh[i] === true && created[i] === true && p.writes === 0));
+    this.pairs.forEach((p, i) => p.attach(welcome[i]!));
     // The group decides whether the pairs resync now (standalone or mirroring) or wait for RESUME.
     this.member.onLinkUp();
   }
@@ -301,4 +333,29 @@ export class Primary {
     this.pairs.forEach((p, i) => p.failed(byVolume[i]!));
     this.member.onLinkFailure(error);
   }
+}
+
+/**
+ * The metadata of a primary's volume: loaded and checked, or made for a
+ * volume (or an image) that has none. A secondary's copy is refused: it
+ * becomes a primary only by promotion.
+ */
+function primaryMetadata(dir: string | undefined, volume: Volume): VolumeMetadata {
+  const geometry = { name: volume.name, size: volume.size, blockSize: volume.blockSize, segmentSize: volume.segmentSize, code: volume.algorithm };
+  const loaded = dir ? loadMetadata(dir, volume.name) : undefined;
+  if (!loaded) {
+    const meta = freshMetadata(geometry, 'primary');
+    if (dir) saveMetadata(dir, meta);
+    return meta;
+  }
+  if (loaded.size !== volume.size || loaded.blockSize !== volume.blockSize || loaded.segmentSize !== volume.segmentSize || loaded.code !== volume.algorithm) {
+    throw errors.METADATA(`Cannot trust the metadata of volume '${volume.name}': it describes ${loaded.size} bytes, blocks of ${loaded.blockSize}, segments of ${loaded.segmentSize}, code ${loaded.code}`);
+  }
+  if (loaded.role !== 'primary') {
+    throw errors.ROLE(`Cannot serve volume '${volume.name}' as a primary: ${dir} holds a secondary's copy of it; promote it first (blockmirror promote --dir ${dir})`);
+  }
+  if (!loaded.consistent) {
+    throw errors.ROLE(`Cannot serve volume '${volume.name}' as a primary: its image is in the middle of a resync; promote it first, which rolls it back (blockmirror promote --dir ${dir})`);
+  }
+  return loaded;
 }

@@ -6,14 +6,23 @@
  * One session per connection (secondary-session.ts does the protocol). The
  * secondary owns its volumes for as long as it runs: a session borrows them,
  * and a volume is used by at most one session at a time (a second primary
- * for the same volume is refused with BM_ERR_BUSY).
+ * for the same volume is refused with BM_ERR_BUSY). Volumes whose metadata
+ * is in DIR are opened at start, so their codes are current by the time a
+ * primary compares them; an image without metadata is opened when a primary
+ * first names it. Each volume is a resync target (resync-target.ts): its
+ * metadata, and an undo log while a resync copies into it.
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import { errors } from './errors.ts';
-import { listen, type Listener } from './link.ts';
-import { SecondarySession, type VolumeRequest } from './secondary-session.ts';
+import { listen, type Listener, type Link } from './link.ts';
+import { loadMetadata } from './metadata.ts';
+import { ResyncTarget } from './resync-target.ts';
+import { SecondarySession, type VolumeHello, type VolumeWelcome } from './secondary-session.ts';
+import { undoLogReady } from './undo-log.ts';
 import { Volume } from './volume.ts';
 import type { CodeAlgorithm } from './codes.ts';
+import type { HashPool } from './hash-pool.ts';
 
 export interface SecondaryOptions {
   /** Directory of the volume images (created if missing). */
@@ -24,6 +33,13 @@ export interface SecondaryOptions {
   secret?: Uint8Array;
   /** Largest record payload accepted, bytes. Default 4 MiB. */
   payloadBytesMax?: number;
+  /**
+   * Split brain, or an image newer than its primary's: accept the primary's
+   * resync anyway, which overwrites this side's own changes (the operator
+   * names the primary as the survivor). Default false: refused.
+   */
+  discardMyData?: boolean;
+  pool?: HashPool | 'shared' | 'none';
 }
 
 export interface SecondaryVolumeStatus {
@@ -32,6 +48,10 @@ export interface SecondaryVolumeStatus {
   state: 'duplex' | 'syncing' | 'standalone';
   connected: boolean;
   appliedSeq: number;
+  /** The image is a point-in-time copy (false while a resync into it is unfinished). */
+  consistent: boolean;
+  role: string;
+  gen: string | undefined;
 }
 
 export class Secondary {
@@ -39,7 +59,9 @@ export class Secondary {
   readonly listeners: Listener[] = [];
   private readonly secret: Uint8Array | undefined;
   private readonly payloadBytesMax: number | undefined;
-  private readonly volumes = new Map<string, Volume>();
+  private readonly discardMyData: boolean;
+  private readonly pool: HashPool | 'shared' | 'none' | undefined;
+  private readonly targets = new Map<string, ResyncTarget>();
   private readonly inUse = new Map<string, SecondarySession>();
   private readonly sessions = new Set<SecondarySession>();
   private closed = false;
@@ -48,14 +70,18 @@ export class Secondary {
     this.dir = options.dir;
     this.secret = options.secret;
     this.payloadBytesMax = options.payloadBytesMax;
+    this.discardMyData = options.discardMyData === true;
+    this.pool = options.pool;
   }
 
   static async start(options: SecondaryOptions): Promise<Secondary> {
     if (!options || typeof options.dir !== 'string') throw errors.INVALID_ARGUMENT('Cannot start a secondary: dir must be a string');
     if (!Array.isArray(options.listen) || options.listen.length === 0) throw errors.INVALID_ARGUMENT('Cannot start a secondary: give at least one listen URL');
     fs.mkdirSync(options.dir, { recursive: true });
+    await undoLogReady();
     const secondary = new Secondary(options);
     try {
+      await secondary.openKnownVolumes();
       for (const url of options.listen) {
         secondary.listeners.push(await listen(url, (link) => secondary.accept(link), { payloadBytesMax: options.payloadBytesMax }));
       }
@@ -71,7 +97,19 @@ export class Secondary {
     return this.listeners.map((l) => `${l.endpoint.scheme}://${l.endpoint.host}:${l.port}`);
   }
 
-  private accept(link: import('./link.ts').Link): void {
+  /** Opens every volume of DIR that has metadata, so its codes are kept current from now on. */
+  private async openKnownVolumes(): Promise<void> {
+    for (const file of fs.readdirSync(this.dir)) {
+      if (!file.endsWith('.meta')) continue;
+      const name = file.slice(0, -'.meta'.length);
+      if (!fs.existsSync(path.join(this.dir, `${name}.img`))) continue;
+      const meta = loadMetadata(this.dir, name)!;
+      const volume = await Volume.open({ name, dir: this.dir, size: meta.size, blockSize: meta.blockSize, segmentSize: meta.segmentSize, code: meta.code, pool: this.pool });
+      this.targets.set(name, new ResyncTarget(volume, this.dir, false));
+    }
+  }
+
+  private accept(link: Link): void {
     if (this.closed) return link.destroy('secondary closing');
     const session = new SecondarySession(link, {
       secret: this.secret,
@@ -83,20 +121,19 @@ export class Secondary {
     session.closed.then(() => this.sessions.delete(session));
   }
 
-  /** Opens or creates the volumes a primary asks for, and reserves them for its session. */
-  private async claim(session: SecondarySession, requests: VolumeRequest[]): Promise<{ volumes: Volume[]; created: boolean[] }> {
+  /** Opens or creates the volumes a primary asks for, plans their resync, and reserves them for its session. */
+  private async claim(session: SecondarySession, requests: VolumeHello[]): Promise<{ targets: ResyncTarget[]; welcome: VolumeWelcome[] }> {
     for (const r of requests) {
       const holder = this.inUse.get(r.name);
       if (holder && holder !== session) throw errors.BUSY(`Cannot mirror volume '${r.name}': another primary is connected for it`);
     }
-    const out: Volume[] = [];
-    const created: boolean[] = [];
+    const targets: ResyncTarget[] = [];
     for (const r of requests) {
-      let volume = this.volumes.get(r.name);
-      let fresh = false;
-      if (!volume) {
-        const exists = fs.existsSync(`${this.dir}/${r.name}.img`);
-        const options = { name: r.name, dir: this.dir, size: r.size, blockSize: r.blockSize, segmentSize: r.segmentSize, code: r.code as CodeAlgorithm };
+      let target = this.targets.get(r.name);
+      if (!target) {
+        const exists = fs.existsSync(path.join(this.dir, `${r.name}.img`));
+        const options = { name: r.name, dir: this.dir, size: r.size, blockSize: r.blockSize, segmentSize: r.segmentSize, code: r.code as CodeAlgorithm, pool: this.pool };
+        let volume: Volume;
         try {
           volume = exists ? await Volume.open(options) : await Volume.create(options);
         } catch (e) {
@@ -104,19 +141,27 @@ export class Secondary {
           if (code === 'BM_ERR_IMAGE_SIZE') throw errors.MISMATCH(`Cannot mirror volume '${r.name}': ${(e as Error).message}`);
           throw e;
         }
-        this.volumes.set(r.name, volume);
-        fresh = !exists;
+        try {
+          target = new ResyncTarget(volume, this.dir, !exists);
+        } catch (e) {
+          await volume.close();
+          throw e;
+        }
+        this.targets.set(r.name, target);
       }
-      if (volume.size !== r.size || volume.blockSize !== r.blockSize || volume.segmentSize !== r.segmentSize || volume.algorithm !== r.code) {
+      const v = target.volume;
+      if (v.size !== r.size || v.blockSize !== r.blockSize || v.segmentSize !== r.segmentSize || v.algorithm !== r.code) {
         throw errors.MISMATCH(
-          `Cannot mirror volume '${r.name}': the secondary has ${volume.size} bytes, blocks of ${volume.blockSize}, segments of ${volume.segmentSize}, code ${volume.algorithm}; the primary asked for ${r.size}, ${r.blockSize}, ${r.segmentSize}, ${r.code}`,
+          `Cannot mirror volume '${r.name}': the secondary has ${v.size} bytes, blocks of ${v.blockSize}, segments of ${v.segmentSize}, code ${v.algorithm}; the primary asked for ${r.size}, ${r.blockSize}, ${r.segmentSize}, ${r.code}`,
         );
       }
-      out.push(volume);
-      created.push(fresh);
+      targets.push(target);
     }
+    // Plans last, once every volume is open: one refused volume (split brain) refuses the whole link.
+    const plans = requests.map((r, i) => targets[i]!.plan(r, this.discardMyData));
+    const welcome = targets.map((t, i) => ({ ...plans[i]!, created: t.created, consistent: t.consistent, gen: t.meta?.gen }));
     for (const r of requests) this.inUse.set(r.name, session);
-    return { volumes: out, created };
+    return { targets, welcome };
   }
 
   private release(session: SecondarySession): void {
@@ -126,16 +171,26 @@ export class Secondary {
   status(): { role: 'secondary'; volumes: SecondaryVolumeStatus[] } {
     return {
       role: 'secondary',
-      volumes: [...this.volumes.values()].map((v) => {
+      volumes: [...this.targets.values()].map((t) => {
+        const v = t.volume;
         const session = this.inUse.get(v.name);
-        return { name: v.name, size: v.size, state: session ? 'duplex' : 'standalone', connected: !!session, appliedSeq: session?.appliedSeq ?? 0 };
+        return {
+          name: v.name,
+          size: v.size,
+          state: !session ? 'standalone' : t.resyncing ? 'syncing' : 'duplex',
+          connected: !!session,
+          appliedSeq: session?.appliedSeq ?? 0,
+          consistent: t.consistent,
+          role: t.meta?.role ?? 'secondary',
+          gen: t.meta?.gen,
+        };
       }),
     };
   }
 
   /** A volume this secondary holds, for reading (tests, verification). */
   volume(name: string): Volume | undefined {
-    return this.volumes.get(name);
+    return this.targets.get(name)?.volume;
   }
 
   /** Stops listening, ends every session, flushes and closes the volumes. */
@@ -148,7 +203,10 @@ export class Secondary {
     for (const s of this.sessions) s.end('secondary closing');
     await Promise.all([...this.sessions].map((s) => s.closed));
     await listening;
-    for (const v of this.volumes.values()) await v.close();
-    this.volumes.clear();
+    for (const t of this.targets.values()) {
+      t.close();
+      await t.volume.close();
+    }
+    this.targets.clear();
   }
 }

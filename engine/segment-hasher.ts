@@ -73,6 +73,24 @@ export class SegmentHasher {
     return length;
   }
 
+  /** Hashes every invalid owned segment in [first, end). Returns what it hashed. */
+  passRange(first: number, end: number): PassResult {
+    const { generation, validGeneration } = this.table;
+    let hashed = 0;
+    let bytes = 0;
+    const lastChunk = Math.floor((end - 1) / chunkSegments);
+    for (let c = Math.floor(first / chunkSegments); c <= lastChunk; c++) {
+      if (c % this.owners !== this.owner) continue;
+      const stop = Math.min(end, (c + 1) * chunkSegments);
+      for (let s = Math.max(first, c * chunkSegments); s < stop; s++) {
+        if (Atomics.load(validGeneration, s) === Atomics.load(generation, s)) continue;
+        bytes += this.hashSegment(s);
+        hashed++;
+      }
+    }
+    return { hashed, bytes, cutShort: false };
+  }
+
   /**
    * One pass over the owned chunks. In `quiet` mode only dirty chunks are
    * visited and a segment is hashed only once its generation stayed the same

@@ -256,10 +256,33 @@ export class Volume {
     await this.image?.flush();
   }
 
+  /** `flush()`, blocking the thread until the image is durable. */
+  flushSync(): void {
+    this.checkOpen('flush');
+    this.image?.flushSync();
+  }
+
   /** A consistent copy of the code table: codes and valid flags. */
   codes(): CodeSnapshot {
     this.checkOpen('read the codes of');
     return this.table.snapshot();
+  }
+
+  /** Bytes of one code. */
+  get codeBytes(): number {
+    return this.table.codeBytes;
+  }
+
+  /** The change counter of one segment (it moves on every write to it). */
+  generation(segment: number): number {
+    return Atomics.load(this.table.generation, segment);
+  }
+
+  /** A copy of the change counters of segments first..first+count. */
+  generations(first: number, count: number): Int32Array {
+    const out = new Int32Array(count);
+    for (let i = 0; i < count; i++) out[i] = Atomics.load(this.table.generation, first + i);
+    return out;
   }
 
   /** Number of segments whose code is not current. */
@@ -286,6 +309,26 @@ export class Volume {
       }
       this.checkOpen('settle the codes of');
     }
+  }
+
+  /**
+   * The codes of segments first..first+count, each computed now if it was
+   * not current: `count` codes of `codeBytes[algorithm]` bytes, then one
+   * byte per segment, 1 where the code is valid. A segment written again
+   * and again while this runs may still be reported invalid after a few
+   * tries; callers treat it as differing.
+   */
+  async currentCodes(first: number, count: number): Promise<Uint8Array> {
+    this.checkOpen('read the codes of');
+    const size = this.table.codeBytes;
+    const out = new Uint8Array(count * (size + 1));
+    for (let attempt = 0; attempt < 4; attempt++) {
+      if (this.pool) await this.pool.settle(this.poolId, { first, end: first + count });
+      else this.localHasher.passRange(first, first + count);
+      this.checkOpen('read the codes of');
+      if (this.table.copyRange(first, count, out.subarray(0, count * size), out.subarray(count * size))) break;
+    }
+    return out;
   }
 
   /** Marks every code invalid and computes them all again from the bytes. */

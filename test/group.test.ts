@@ -16,6 +16,7 @@ import { FrameType } from '../engine/frame.ts';
 import type { GroupEvent } from '../engine/member.ts';
 import { Primary } from '../engine/primary.ts';
 import { Secondary } from '../engine/secondary.ts';
+import { protocolVersion } from '../engine/secondary-session.ts';
 import { checkCut, DependentChain } from '../bench/dependent-writes.ts';
 import { startGroup, until } from './group-setup.ts';
 import { tempDir, throwsCode } from './helpers.ts';
@@ -198,7 +199,7 @@ test('bad control input is refused with stable codes and changes nothing', async
   const control = await ControlServer.start('tcp://127.0.0.1:0', primary.controlEndpoint(secret));
   try {
     await primary.waitDuplex(10_000);
-    const join = (fields: Record<string, unknown>) => [FrameType.join, { version: 1, group: 'g', members: 1, policy: 'go', holdTimeoutMs: 1000, leaseMs: 1000, ...fields }];
+    const join = (fields: Record<string, unknown>) => [FrameType.join, { version: protocolVersion, group: 'g', members: 1, policy: 'go', holdTimeoutMs: 1000, leaseMs: 1000, ...fields }];
     const cases: Array<[string, (e: FrameEncoder, c: Record<string, unknown>) => Uint8Array[], string]> = [
       ['an unknown frame type', (e) => [e.encode([99, {}])], 'BM_ERR_FRAME_TYPE'],
       ['a known type not allowed here', (e) => [e.encode([FrameType.ack, 1])], 'BM_ERR_FRAME_TYPE'],
@@ -244,7 +245,7 @@ test('a FREEZE naming another group is refused with BM_ERR_UNKNOWN_GROUP and fre
   try {
     await primary.waitDuplex(10_000);
     const code = await rawControl(control.url, (e, challenge) => [
-      e.encode([FrameType.join, { version: 1, group: 'g', members: 1, policy: 'go', holdTimeoutMs: 1000, leaseMs: 60_000, nonce: challenge.nonce }]),
+      e.encode([FrameType.join, { version: protocolVersion, group: 'g', members: 1, policy: 'go', holdTimeoutMs: 1000, leaseMs: 60_000, nonce: challenge.nonce }]),
       e.encode([FrameType.freeze, { group: 'other', epoch: 1 }]),
     ]);
     assert.is(code, 'BM_ERR_UNKNOWN_GROUP');

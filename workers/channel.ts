@@ -13,8 +13,12 @@
  * intervals. A failure is published at once (state `failed` in shared memory)
  * and posted; the worker then stops sending until told to connect again.
  *
- * Messages in:  start {config}, connect {firstSeq}, stop.
- * Messages out: ready, connected, failed {error}, stopped.
+ * Messages in:  start {config}, connect {firstSeq, volumes}, stop.
+ * Messages out: ready, connected {welcome}, codes {volume, first, count, tag, bytes},
+ *               failed {error}, stopped.
+ *
+ * `volumes` is the hello's volume list (geometry and generation ids), sent
+ * with every connect because a primary's generation can change between two.
  */
 import { parentPort } from './port.ts';
 import { Control, Journal, paddingMagic } from '../engine/journal.ts';
@@ -27,6 +31,7 @@ import { FrameType, sealFrame, prefixBytes } from '../engine/frame.ts';
 import { instantiateKernel, type Kernel } from '../engine/kernel.ts';
 import { connect, type Link } from '../engine/link.ts';
 import { protocolVersion } from '../engine/secondary-session.ts';
+import { decodeJson, encodeJson } from '../engine/json-payload.ts';
 
 parentPort.onMessage((msg) => handle(msg));
 
@@ -74,10 +79,9 @@ function handle(msg: any): void {
       sentSeq = new Uint32Array(slots);
       sentEnd = new Int32Array(slots);
       sentAt = new Float64Array(slots);
-      void open(msg.firstSeq);
       break;
     case 'connect':
-      void open(msg.firstSeq);
+      void open(msg.firstSeq, msg.volumes);
       break;
     case 'stop':
       state = ChannelState.stopped;
@@ -96,7 +100,7 @@ function publish(): void {
   Atomics.notify(c, Control.changes);
 }
 
-async function open(firstSeq: number): Promise<void> {
+async function open(firstSeq: number, volumes: unknown[]): Promise<void> {
   if (state === ChannelState.stopped) return;
   const my = ++attempt;
   state = ChannelState.connecting;
@@ -133,6 +137,10 @@ async function open(firstSeq: number): Promise<void> {
         return fail(new BlockmirrorError(code, `The secondary at ${config.url} refused: ${h[2]}`), my);
       }
       if (frame.type === FrameType.ping) return void l.send(encoder.encode([FrameType.pong, h[1]]));
+      if (handshake === 'done' && frame.type === FrameType.codesReply) {
+        // The payload is a view of the decoder's buffer: posting copies it.
+        return parentPort.post({ type: 'codes', volume: h[1], first: h[2], count: h[3], tag: h[4], bytes: frame.payload.slice() });
+      }
       if (frame.type === FrameType.pong) return;
       if (handshake === 'challenge' && frame.type === FrameType.challenge) {
         const c = h[1] as Record<string, unknown>;
@@ -142,17 +150,19 @@ async function open(firstSeq: number): Promise<void> {
         serverNonce = new Uint8Array(c.nonce);
         handshake = 'welcome';
         l.send(
-          encoder.encode([
-            FrameType.hello,
-            {
-              version: protocolVersion,
-              nonce,
-              proof: config.secret ? proof(config.secret, 'primary', serverNonce, nonce) : undefined,
-              seq: sendSeq,
-              mode: config.mode,
-              volumes: config.volumes,
-            },
-          ]),
+          encoder.encode(
+            [
+              FrameType.hello,
+              {
+                version: protocolVersion,
+                nonce,
+                proof: config.secret ? proof(config.secret, 'primary', serverNonce, nonce) : undefined,
+                seq: sendSeq,
+                mode: config.mode,
+              },
+            ],
+            encodeJson(volumes),
+          ),
         );
         return;
       }
@@ -165,7 +175,16 @@ async function open(firstSeq: number): Promise<void> {
         clearTimeout(handshakeTimer);
         state = ChannelState.connected;
         publish();
-        parentPort.post({ type: 'connected', created: Array.isArray(w.created) ? w.created.map(Boolean) : [] });
+        let welcome: unknown;
+        try {
+          welcome = decodeJson(frame.payload);
+        } catch (e) {
+          return fail(e as BlockmirrorError, my);
+        }
+        if (!Array.isArray(welcome) || welcome.length !== volumes.length) {
+          return fail(errors.FRAME_HEADER(`Cannot read the welcome of ${config.url}: its volume list does not match the hello`), my);
+        }
+        parentPort.post({ type: 'connected', welcome });
         startTimers(my);
         drain();
         return;

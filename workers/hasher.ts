@@ -8,7 +8,7 @@
  * detach, stop) are answered promptly; the next pass resumes where it
  * stopped.
  *
- * Messages in:  init {stats, index}, attach {id, setup, delayMs}, detach {id, req}, settle {id, req}, stop.
+ * Messages in:  init {stats, index}, attach {id, setup, delayMs}, detach {id, req}, settle {id, req, range?}, stop.
  * Messages out: ready, done {req}, failed {req, error}.
  */
 import { parentPort } from './port.ts';
@@ -56,7 +56,7 @@ async function handle(msg: any): Promise<void> {
         break;
       case 'settle': {
         const hasher = volumes.get(msg.id);
-        if (hasher) count(hasher.pass('all'));
+        if (hasher) count(msg.range ? hasher.passRange(msg.range.first, msg.range.end) : hasher.pass('all'));
         break;
       }
       case 'stop':

@@ -1,0 +1,168 @@
+/**
+ * The undo log of a resync target: `DIR/NAME.undo`, the bytes each segment
+ * held before the running resync first changed it.
+ *
+ * While a secondary image is being resynced it is half old, half new. Before
+ * any write lands in a segment for the first time in that resync, the
+ * segment's old bytes are appended here; so the image can always be rolled
+ * back to the consistent image it held when the resync began (the
+ * generation in its metadata), whatever stopped the resync. When the resync
+ * ends, the image is consistent again and the log is deleted.
+ *
+ * Entry: magic 'BMUE' (u32 LE), length (u32), offset in the volume (u64),
+ * XXH64 of the bytes (u64), then the bytes. Each entry is written with one
+ * positioned write before the image write it protects, so after a process
+ * crash the log is a run of whole entries, possibly followed by a torn one
+ * whose image write never started; reading stops at the first entry that
+ * does not check. The log is synced before every sync of the image (flush,
+ * FUA, end of resync), so every image state that was made durable can be
+ * rolled back after a power loss too.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { createXXHash64, type IHasher } from 'hash-wasm';
+import { errors } from './errors.ts';
+
+const entryMagic = 0x45554d42; // 'BMUE'
+const headerBytes = 24;
+
+let hasher: IHasher | undefined;
+
+/** Loads the checksum (one hash-wasm instance per thread). Await it once before `UndoLog.open`. */
+export async function undoLogReady(): Promise<void> {
+  hasher ??= await createXXHash64();
+}
+
+function checksum(h: IHasher, bytes: Uint8Array): bigint {
+  h.init();
+  h.update(bytes);
+  return BigInt('0x' + h.digest('hex'));
+}
+
+export function undoPath(dir: string, name: string): string {
+  return path.join(dir, `${name}.undo`);
+}
+
+export class UndoLog {
+  readonly path: string;
+  private readonly segmentSize: number;
+  private readonly saved: Uint32Array;
+  private readonly hash: IHasher;
+  private fd: number;
+  private end: number;
+  /** True when entries were appended since the last sync. */
+  private unsynced = false;
+  /** Entries in the log. */
+  entries = 0;
+
+  private constructor(file: string, fd: number, segmentCount: number, segmentSize: number, hash: IHasher) {
+    this.path = file;
+    this.fd = fd;
+    this.end = 0;
+    this.segmentSize = segmentSize;
+    this.saved = new Uint32Array(Math.ceil(segmentCount / 32));
+    this.hash = hash;
+  }
+
+  /** Opens (or creates) the log, and learns which segments it already holds. */
+  static open(file: string, segmentCount: number, segmentSize: number): UndoLog {
+    if (!hasher) throw errors.ASSERTION('Invariant broken: undoLogReady() was not awaited before UndoLog.open');
+    const hash = hasher;
+    let fd: number;
+    try {
+      fd = fs.openSync(file, fs.existsSync(file) ? 'r+' : 'w+');
+    } catch (e) {
+      throw errors.IO(`Cannot open undo log '${file}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    const log = new UndoLog(file, fd, segmentCount, segmentSize, hash);
+    log.scan(() => {});
+    return log;
+  }
+
+  has(segment: number): boolean {
+    return (this.saved[segment >>> 5]! & (1 << (segment & 31))) !== 0;
+  }
+
+  /** Appends the old bytes of `segment` (at `offset`), unless the log already holds them. */
+  save(segment: number, offset: number, bytes: Uint8Array): void {
+    if (this.has(segment)) return;
+    const header = new Uint8Array(headerBytes);
+    const view = new DataView(header.buffer);
+    view.setUint32(0, entryMagic, true);
+    view.setUint32(4, bytes.length, true);
+    view.setBigUint64(8, BigInt(offset), true);
+    view.setBigUint64(16, checksum(this.hash, bytes), true);
+    const entry = new Uint8Array(headerBytes + bytes.length);
+    entry.set(header);
+    entry.set(bytes, headerBytes);
+    this.write(entry, this.end);
+    this.end += entry.length;
+    this.saved[segment >>> 5]! |= 1 << (segment & 31);
+    this.entries++;
+    this.unsynced = true;
+  }
+
+  /** Makes every appended entry durable (before the image is synced). */
+  sync(): void {
+    if (!this.unsynced) return;
+    try {
+      fs.fdatasyncSync(this.fd);
+    } catch (e) {
+      throw errors.IO(`Cannot sync undo log '${this.path}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    this.unsynced = false;
+  }
+
+  /** Calls `restore(offset, bytes)` for every whole entry, oldest first. Returns how many. */
+  replay(restore: (offset: number, bytes: Uint8Array) => void): number {
+    return this.scan(restore);
+  }
+
+  close(): void {
+    if (this.fd < 0) return;
+    fs.closeSync(this.fd);
+    this.fd = -1;
+  }
+
+  /** Closes and deletes the log: the image it protected is consistent again. */
+  remove(): void {
+    this.close();
+    fs.rmSync(this.path, { force: true });
+  }
+
+  private scan(visit: (offset: number, bytes: Uint8Array) => void): number {
+    const size = fs.fstatSync(this.fd).size;
+    const header = new Uint8Array(headerBytes);
+    const view = new DataView(header.buffer);
+    let at = 0;
+    let count = 0;
+    this.saved.fill(0);
+    while (at + headerBytes <= size) {
+      if (fs.readSync(this.fd, header, 0, headerBytes, at) !== headerBytes || view.getUint32(0, true) !== entryMagic) break;
+      const length = view.getUint32(4, true);
+      const offset = Number(view.getBigUint64(8, true));
+      if (length === 0 || length > this.segmentSize || at + headerBytes + length > size) break;
+      const bytes = new Uint8Array(length);
+      if (fs.readSync(this.fd, bytes, 0, length, at + headerBytes) !== length) break;
+      if (checksum(this.hash, bytes) !== view.getBigUint64(16, true)) break;
+      visit(offset, bytes);
+      const segment = Math.floor(offset / this.segmentSize);
+      this.saved[segment >>> 5]! |= 1 << (segment & 31);
+      count++;
+      at += headerBytes + length;
+    }
+    // Whatever follows the last whole entry is a torn write: its image write never started.
+    this.end = at;
+    this.entries = count;
+    if (at < size) fs.ftruncateSync(this.fd, at);
+    return count;
+  }
+
+  private write(bytes: Uint8Array, at: number): void {
+    try {
+      for (let done = 0; done < bytes.length; ) done += fs.writeSync(this.fd, bytes, done, bytes.length - done, at + done);
+    } catch (e) {
+      throw errors.IO(`Cannot append to undo log '${this.path}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  }
+}
