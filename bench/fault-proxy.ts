@@ -18,6 +18,9 @@ export class FaultProxy {
   private held: Array<() => void> = [];
   /** Connections cut by the proxy so far. */
   cuts = 0;
+  /** Bytes forwarded from the primary to the secondary, and back, so far (the bytes on the wire). */
+  bytesUp = 0;
+  bytesDown = 0;
 
   private constructor(server: net.Server, port: number) {
     this.server = server;
@@ -98,9 +101,13 @@ export class FaultProxy {
         }
         this.cutAfterBytes -= chunk.length;
       }
+      this.bytesUp += chunk.length;
       this.forward(upstream, chunk);
     });
-    upstream.on('data', (chunk: Buffer) => this.forward(client, chunk));
+    upstream.on('data', (chunk: Buffer) => {
+      this.bytesDown += chunk.length;
+      this.forward(client, chunk);
+    });
   }
 
   private forward(to: net.Socket, chunk: Buffer): void {

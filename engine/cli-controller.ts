@@ -77,7 +77,10 @@ export async function controllerCommand(argv: string[]): Promise<number> {
         role: 'controller',
         secret,
         status: () => controller.status(),
-        command: (verb) => (verb === 'freeze' ? controller.freeze() : controller.run()),
+        command: (verb) => {
+          if (verb === 'verify') throw errors.ROLE('Cannot verify through a controller: verify each primary through its own control endpoint');
+          return verb === 'freeze' ? controller.freeze() : controller.run();
+        },
       });
     }
   } catch (e) {

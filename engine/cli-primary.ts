@@ -3,12 +3,13 @@ import { parseArgs } from './args.ts';
 import { eventWriter, log, parseVolumeSpec, secretFrom, untilStopped } from './cli-run.ts';
 import { ControlServer } from './control-server.ts';
 import { errors } from './errors.ts';
+import { parseSize } from './geometry.ts';
 import { Primary } from './primary.ts';
 import { NbdServer } from './nbd-server.ts';
 
 const help = `Usage: blockmirror primary --dir DIR --volume NAME:SIZE [--volume NAME:SIZE] --mirror URL
                            [--mode sync|async] [--secret-file FILE] [--control URL] [--events FILE]
-                           [--nbd unix:PATH | --nbd tcp://HOST:PORT]
+                           [--nbd unix:PATH | --nbd tcp://HOST:PORT] [--resync-rate SIZE]
 
 Serves volumes DIR/NAME.img (created when missing, SIZE with KiB, MiB or GiB)
 and mirrors every write to the secondary at URL (tcp://HOST:PORT or
@@ -21,6 +22,9 @@ controller and operators must prove they hold the same secret. --nbd exports eve
 volume over NBD (export name = volume name) for qemu-img, nbdcopy, fio and the
 kernel client; a WRITE is answered only once the engine completes it. Events (link and
 state changes) are printed as JSON lines to stdout or appended to --events FILE.
+A resync compares segment codes with the secondary and copies only what
+differs; --resync-rate (e.g. 100MiB, per second and volume) paces its copies.
+A secondary's copy is refused until promoted ('blockmirror promote').
 Stops cleanly on SIGTERM or SIGINT.
 `;
 
@@ -34,6 +38,7 @@ export async function primaryCommand(argv: string[]): Promise<number> {
     control: {},
     events: {},
     nbd: {},
+    'resync-rate': {},
   });
   if (args.help) {
     process.stdout.write(help);
@@ -49,6 +54,7 @@ export async function primaryCommand(argv: string[]): Promise<number> {
     mode,
     secret,
     name: args.control as string | undefined,
+    resyncRateBytesPerSec: args['resync-rate'] === undefined ? undefined : parseSize(args['resync-rate'] as string),
   });
   primary.onEvent(eventWriter(args.events as string | undefined));
   let control: ControlServer | undefined;

@@ -58,3 +58,12 @@ function controllerTable(status: any): string {
   for (const v of status.volumes) lines.push(`${String(v.name).padEnd(16)}  ${String(v.member).padEnd(30)}  ${String(v.state).padEnd(10)}  ${formatSize(v.outOfSyncBytes)}`);
   return lines.join('\n') + '\n';
 }
+
+/** One volume's resync or verify progress: a bar, bytes compared and copied, rate and time left. */
+export function progressLine(name: string, p: { kind: string; bytesCompared: number; bytesTotal: number; bytesCopied: number; rateBytesPerSec: number; etaSec: number }): string {
+  const fraction = p.bytesTotal > 0 ? Math.min(1, p.bytesCompared / p.bytesTotal) : 1;
+  const width = 24;
+  const filled = Math.round(fraction * width);
+  const bar = '#'.repeat(filled) + '.'.repeat(width - filled);
+  return `${name} ${p.kind} [${bar}] ${(fraction * 100).toFixed(0)}% ${formatSize(p.bytesCompared)}/${formatSize(p.bytesTotal)} compared, ${formatSize(p.bytesCopied)} copied, ${formatSize(p.rateBytesPerSec)}/s, ${Math.ceil(p.etaSec)} s left`;
+}

@@ -13,6 +13,7 @@ import { demoCommand } from './cli-demo.ts';
 import { benchCommand } from './cli-bench.ts';
 import { controllerCommand } from './cli-controller.ts';
 import { operatorCommand } from './cli-operator.ts';
+import { roleCommand } from './cli-roles.ts';
 
 const usage = `Usage: blockmirror <command> [options]
 
@@ -26,6 +27,10 @@ Commands:
   status     show a primary's pairs, or a controller's group, through its control endpoint
   freeze     freeze a consistency group (or one primary) now
   run        release the writes of a frozen group
+  verify     compare the codes of a live pair and resync what differs
+  promote    failover: turn a secondary's copies into primary volumes
+  demote     planned swap: turn in-sync primary volumes into secondary copies
+  swap       planned swap of a stopped pair on this machine (demote + promote)
   codes      print the segment codes of an image file
   bench      run the benchmark suites beside their outside references
 
@@ -65,7 +70,12 @@ async function main(argv: string[]): Promise<number> {
       return controllerCommand(rest);
     case 'freeze':
     case 'run':
+    case 'verify':
       return operatorCommand(command, rest);
+    case 'promote':
+    case 'demote':
+    case 'swap':
+      return roleCommand(command, rest);
     default:
       throw errors.USAGE(`Unknown command '${command}' (see blockmirror --help)`);
   }

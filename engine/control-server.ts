@@ -35,7 +35,7 @@ export const controlConnectionsMax = 256;
 /** The shortest lease a controller may ask for: below it, an ordinary pause of the event loop would freeze the group. */
 export const leaseMsMin = 100;
 
-export type OperatorVerb = 'freeze' | 'run';
+export type OperatorVerb = 'freeze' | 'run' | 'verify';
 
 export interface ControlEndpoint {
   role: 'primary' | 'controller';
@@ -43,8 +43,8 @@ export interface ControlEndpoint {
   secret?: Uint8Array;
   /** A primary's group member: accepts a controller's JOIN. */
   member?: GroupMember;
-  /** An operator's command; returns what happened, or throws a BlockmirrorError to refuse. */
-  command(verb: OperatorVerb): string;
+  /** An operator's command; returns what happened, or throws (rejects with) a BlockmirrorError to refuse. */
+  command(verb: OperatorVerb, fields: Record<string, unknown>): string | Promise<string>;
 }
 
 export class ControlServer {
@@ -131,9 +131,18 @@ export function serveControl(link: Link, endpoint: ControlEndpoint, options: { t
           return peer.send([FrameType.statusReply], encodeJson(endpoint.status()));
         case FrameType.command: {
           checkProof(fields, secret, 'operator', nonce);
-          const verb = field<OperatorVerb>(fields, 'verb', (v) => v === 'freeze' || v === 'run', "'freeze' or 'run'");
-          peer.send([FrameType.reply, { ok: true, message: endpoint.command(verb) }]);
-          link.end();
+          const verb = field<OperatorVerb>(fields, 'verb', (v) => v === 'freeze' || v === 'run' || v === 'verify', "'freeze', 'run' or 'verify'");
+          // A verify runs for as long as comparing every code takes: the idle timer must not cut it.
+          clearTimeout(idle);
+          Promise.resolve()
+            .then(() => endpoint.command(verb, fields))
+            .then(
+              (message) => {
+                peer.send([FrameType.reply, { ok: true, message: message.slice(0, 3000) }]);
+                link.end();
+              },
+              (e) => peer.refuse(e instanceof BlockmirrorError ? e : errors.ASSERTION(`Invariant broken: ${String(e)}`)),
+            );
           return;
         }
         case FrameType.join: {
@@ -192,7 +201,7 @@ export async function requestStatus(url: string, timeoutMs = 5000): Promise<Reco
 }
 
 /** Sends an operator's command to the control endpoint at `url` (a controller or a primary). */
-export async function sendCommand(url: string, verb: OperatorVerb, options: { secret?: Uint8Array; timeoutMs?: number } = {}): Promise<string> {
+export async function sendCommand(url: string, verb: OperatorVerb, options: { secret?: Uint8Array; timeoutMs?: number; volume?: string } = {}): Promise<string> {
   const own = newNonce();
   return exchange(
     url,
@@ -203,7 +212,7 @@ export async function sendCommand(url: string, verb: OperatorVerb, options: { se
       if (auth && !options.secret) throw errors.AUTH(`Cannot ${verb} through ${url}: it asks for a secret (give --secret-file)`);
       const theirs = challenge?.nonce;
       if (options.secret && !(theirs instanceof Uint8Array)) throw errors.FRAME_HEADER(`Cannot ${verb} through ${url}: its challenge has no nonce`);
-      return [FrameType.command, { verb, nonce: own, proof: options.secret ? proof(options.secret, 'operator', theirs as Uint8Array, own) : undefined }];
+      return [FrameType.command, { verb, volume: options.volume, nonce: own, proof: options.secret ? proof(options.secret, 'operator', theirs as Uint8Array, own) : undefined }];
     },
     (type, header) => (type === FrameType.reply ? String((header[1] as { message?: unknown }).message ?? 'done') : undefined),
     true,

@@ -408,8 +408,15 @@ export class Pair {
       clearInterval(ticker);
       this.resyncing = false;
       if (!done) this.emitResync('stopped', 'the link failed or the group froze; the next resync compares again');
-      // Marks that arrived while this pass ran get a new pass.
-      if (epoch === this.epoch && this.current === 'syncing' && (this.oos.size > 0 || this.targetGen !== this.metadata.gen)) void this.resync();
+      // Marks that arrived while this pass ran get a new pass. Only while the link is up (a failure
+      // the worker published but this thread has not handled yet restarts it on reconnect instead),
+      // and from a new task: a pass that stops at once must not spin in microtasks and starve the
+      // very message that would stop it.
+      if (epoch === this.epoch && this.current === 'syncing' && this.mirroring && (this.oos.size > 0 || this.targetGen !== this.metadata.gen)) {
+        setTimeout(() => {
+          if (epoch === this.epoch && this.current === 'syncing') void this.resync();
+        }, 0);
+      }
     }
   }
 }

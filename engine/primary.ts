@@ -234,7 +234,17 @@ export class Primary {
       secret,
       member: this.member,
       status: () => this.status(),
-      command: (verb: OperatorVerb) => {
+      command: async (verb: OperatorVerb, fields: Record<string, unknown>) => {
+        if (verb === 'verify') {
+          const volume = typeof fields.volume === 'string' ? fields.volume : undefined;
+          const results = await this.verify(volume);
+          return results
+            .map((r) => {
+              const list = r.differing.slice(0, 20).join(', ') + (r.differing.length > 20 ? ', ...' : '');
+              return `volume '${r.volume}': ${r.segments} segments compared${r.complete ? '' : ' (stopped early: the link failed)'}, ${r.differing.length} differ${r.differing.length ? ` (segments ${list}), marked out of sync and resyncing` : ''}`;
+            })
+            .join('; ');
+        }
         if (verb === 'freeze') {
           this.member.freezeByOperator();
           return `primary ${this.name} is ${this.member.phase}${this.member.controllerConnected ? '; its controller freezes the group' : ''}`;
@@ -254,6 +264,18 @@ export class Primary {
       }
       await new Promise((r) => setTimeout(r, 5));
     }
+  }
+
+  /**
+   * Online verify of every duplex pair (or of volume `name`): only codes
+   * cross the network; differing segments are marked out of sync and
+   * resynced. Resolves with what each pair found.
+   */
+  async verify(name?: string): Promise<import('./pair.ts').VerifyResult[]> {
+    const pairs = name === undefined ? this.pairs : [this.volume(name)];
+    const results = [];
+    for (const p of pairs) results.push(await p.verify());
+    return results;
   }
 
   /**

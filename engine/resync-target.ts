@@ -66,12 +66,14 @@ export class ResyncTarget {
   begin(gen: string): void {
     const meta = this.meta ?? this.geometryMeta();
     if (meta.syncingTo === gen && !meta.consistent) {
-      this.openUndo();
+      // Resuming: keep adding to the log the interrupted resync started, if it kept one.
+      if (this.dir && fs.existsSync(undoPath(this.dir, this.volume.name))) this.openUndo();
       return;
     }
-    // A new image has nothing worth keeping: no undo log (it is consistent with nothing until the end).
+    // An image created here that never held a consistent copy has nothing worth keeping: no undo log.
+    const worthKeeping = !this.created || this.meta?.consistent === true;
     this.save({ ...meta, consistent: false, syncingTo: gen });
-    if (!this.created) this.openUndo();
+    if (worthKeeping) this.openUndo();
   }
 
   write(offset: number, data: Uint8Array): void {
@@ -137,7 +139,7 @@ export class ResyncTarget {
   }
 
   private openUndo(): void {
-    if (this.undo || !this.dir || this.created) return;
+    if (this.undo || !this.dir) return;
     this.undo = UndoLog.open(undoPath(this.dir, this.volume.name), this.volume.segmentCount, this.volume.segmentSize);
   }
 
