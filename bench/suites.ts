@@ -6,6 +6,7 @@ import { codesCost } from './codes-cost.ts';
 import { mirror } from './mirror.ts';
 import { nbd } from './nbd.ts';
 import { freeze } from './freeze.ts';
+import { resync } from './resync.ts';
 import { runtime } from '../engine/runtime.ts';
 import { errors } from '../engine/errors.ts';
 
@@ -16,6 +17,7 @@ export const suites: Record<string, Suite> = {
   mirror,
   nbd,
   freeze,
+  resync,
 };
 
 export async function runBenchmarks(names: string[], write: (text: string) => void = (t) => process.stdout.write(t)): Promise<void> {

@@ -157,6 +157,13 @@ export class Channel {
     return new Promise((resolve) => this.roomWaiters.push({ bytes, resolve }));
   }
 
+  /** Room for `bytes` if it can be granted at once (nobody waiting, it fits); never queues. */
+  tryRoom(bytes: number): boolean {
+    if (!this.connected || this.roomWaiters.length > 0 || !this.fits(bytes)) return false;
+    this.reserved += 2 * bytes;
+    return true;
+  }
+
   /** Gives back room granted for a record that will not be appended after all. */
   unreserve(bytes: number): void {
     this.reserved = Math.max(0, this.reserved - 2 * bytes);

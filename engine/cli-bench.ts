@@ -6,10 +6,10 @@ const help = `Usage: blockmirror bench [SUITE ...]
 
 Runs benchmark suites at full size, each beside its reference measured in the
 same run, and prints one table per suite with medians and the target ratios.
-Suites: volume-write, hash-pool, codes-cost, mirror, nbd, freeze (default:
-all). Run
+Suites: volume-write, hash-pool, codes-cost, mirror, nbd, freeze, resync
+(default: all). Run
 nothing else meanwhile. Native XXH3 needs gcc and libxxhash-dev, the mirror
-suite's ceiling needs iperf3, the nbd suite fio and nbdkit; without them those rows say they were skipped.
+suite's ceiling needs iperf3, the nbd suite fio and nbdkit, the resync suite rsync; without them those rows say they were skipped.
 `;
 
 export async function benchCommand(argv: string[]): Promise<number> {

@@ -2,8 +2,10 @@
 import { parseArgs } from './args.ts';
 import { log, secretFrom, untilStopped } from './cli-run.ts';
 import { Secondary } from './secondary.ts';
+import { ControlServer } from './control-server.ts';
 
 const help = `Usage: blockmirror secondary --dir DIR --listen URL [--listen URL] [--secret-file FILE] [--discard-my-data]
+                             [--control URL]
 
 Receives the writes of primaries and applies them, in order, to DIR/NAME.img.
 URL is tcp://HOST:PORT or ws://HOST:PORT. With --secret-file, every primary
@@ -18,7 +20,7 @@ every image complete.
 `;
 
 export async function secondaryCommand(argv: string[]): Promise<number> {
-  const args = parseArgs('secondary', argv, { dir: { required: true }, listen: { required: true, repeat: true }, 'secret-file': {}, 'discard-my-data': { flag: true } });
+  const args = parseArgs('secondary', argv, { dir: { required: true }, listen: { required: true, repeat: true }, 'secret-file': {}, 'discard-my-data': { flag: true }, control: {} });
   if (args.help) {
     process.stdout.write(help);
     return 0;
@@ -29,9 +31,17 @@ export async function secondaryCommand(argv: string[]): Promise<number> {
     secret: secretFrom(args['secret-file'] as string | undefined),
     discardMyData: args['discard-my-data'] === true,
   });
-  log(`secondary listening on ${secondary.urls.join(', ')}, images in ${secondary.dir}`);
+  let control: ControlServer | undefined;
+  try {
+    if (args.control) control = await ControlServer.start(args.control as string, secondary.controlEndpoint());
+  } catch (e) {
+    await secondary.close();
+    throw e;
+  }
+  log(`secondary listening on ${secondary.urls.join(', ')}, images in ${secondary.dir}${control ? `, control on ${control.url}` : ''}`);
   const signal = await untilStopped();
   log(`${signal}: stopping`);
+  await control?.close();
   await secondary.close();
   return 0;
 }

@@ -24,6 +24,14 @@ export async function statusCommand(argv: string[]): Promise<number> {
     process.stdout.write(JSON.stringify(status) + '\n');
     return 0;
   }
+  if (status.role === 'secondary') {
+    const lines = ['role: secondary', '', 'volume            size        state       image          role        generation        codes not current'];
+    for (const v of status.volumes) {
+      lines.push(`${v.name.padEnd(16)}  ${formatSize(v.size).padEnd(10)}  ${v.state.padEnd(10)}  ${(v.consistent ? 'consistent' : 'inconsistent').padEnd(13)}  ${String(v.role).padEnd(10)}  ${String(v.gen ?? '-').padEnd(16)}  ${v.invalidCodes}`);
+    }
+    process.stdout.write(lines.join('\n') + '\n');
+    return 0;
+  }
   if (status.role === 'controller') {
     process.stdout.write(controllerTable(status));
     return 0;

@@ -38,7 +38,7 @@ export const leaseMsMin = 100;
 export type OperatorVerb = 'freeze' | 'run' | 'verify';
 
 export interface ControlEndpoint {
-  role: 'primary' | 'controller';
+  role: 'primary' | 'secondary' | 'controller';
   status(): object;
   secret?: Uint8Array;
   /** A primary's group member: accepts a controller's JOIN. */

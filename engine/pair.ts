@@ -366,6 +366,7 @@ export class Pair {
       index: this.index,
       alive: () => epoch === this.epoch && this.mirroring,
       reserve: (bytes: number) => this.reserve(bytes),
+      reserveNow: (bytes: number) => this.mirroring && this.channel.tryRoom(this.channel.recordBytes(bytes)),
       rateBytesPerSec: this.resyncRateBytesPerSec,
     };
   }

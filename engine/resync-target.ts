@@ -134,7 +134,8 @@ export class ResyncTarget {
     for (let s = Math.floor(offset / size); s <= last; s++) {
       if (undo.has(s)) continue;
       const at = s * size;
-      undo.save(s, at, this.volume.read(at, Math.min(size, this.volume.size - at)));
+      const length = Math.min(size, this.volume.size - at);
+      undo.save(s, at, this.volume.view(at, length), this.volume.checksum(at, length));
     }
   }
 

@@ -4,8 +4,14 @@
  *
  * A resync of one pair runs in the pair's ordered record stream:
  *
- *   syncBegin(gen) → for each window of candidate segments: codes request,
- *   compare, copy the differing segments → syncEnd(gen) → acknowledged
+ *   syncBegin(gen) → codes requests for every window of candidate segments,
+ *   pipelined, each answer compared as it arrives → copies of the differing
+ *   segments, adjacent ones coalesced into one record → syncEnd(gen) →
+ *   acknowledged
+ *
+ * Comparing first and copying after keeps the requests from queueing behind
+ * copies in the ordered stream (and the secondary from answering late while
+ * it applies them).
  *
  * Candidates are the segments marked in the out-of-sync map (all of them
  * for a full comparison). A bit is cleared only when syncEnd is
@@ -35,10 +41,10 @@ import { WriteFlag } from './frame.ts';
 import type { OutOfSyncMap } from './out-of-sync.ts';
 import type { Volume } from './volume.ts';
 
-/** Segments one codes request covers at most. */
-export const codesWindowSegments = 1024;
+/** Segments one codes request covers at most (the decoder's limit; the answer is then 4096 × 9 bytes). */
+export const codesWindowSegments = 4096;
 /** Codes requests outstanding at once. */
-export const requestsInFlightMax = 4;
+export const requestsInFlightMax = 8;
 /** Copied bytes sent and not yet acknowledged, at most. */
 export const resyncWindowBytes = 8 * 1024 * 1024;
 
@@ -69,6 +75,8 @@ export interface ResyncContext {
   alive: () => boolean;
   /** Room in the journal for one record, in turn; false when the pass must stop. */
   reserve: (payloadBytes: number) => Promise<boolean>;
+  /** Room for one record if it can be had at once (true: granted); false: use `reserve`. */
+  reserveNow: (payloadBytes: number) => boolean;
   /** Largest copied bytes per second (undefined: unpaced). */
   rateBytesPerSec?: number;
 }
@@ -102,11 +110,22 @@ export class Comparison {
   }
 
   /**
-   * Compares every segment for which `wanted(s)` holds. For each differing
-   * one, a resync copies it; a verify calls `onDiffering`. False when the
-   * pass had to stop.
+   * Compares every segment for which `wanted(s)` holds. A resync then
+   * copies the differing ones; a verify calls `onDiffering` for each. False
+   * when the pass had to stop.
    */
   async run(wanted: (segment: number) => boolean, onDiffering?: (segment: number) => void): Promise<boolean> {
+    const differing = new Uint8Array(this.ctx.volume.segmentCount);
+    if (!(await this.compareAll(wanted, (s) => (differing[s] = 1)))) return false;
+    if (this.progress.kind === 'verify') {
+      differing.forEach((d, s) => d && onDiffering?.(s));
+      return true;
+    }
+    return this.copyAll(differing);
+  }
+
+  /** Phase one: every wanted segment's codes, compared as the answers arrive. */
+  private async compareAll(wanted: (segment: number) => boolean, onDiffering: (segment: number) => void): Promise<boolean> {
     const { volume } = this.ctx;
     const copy = this.progress.kind === 'resync';
     const pending: Array<Promise<boolean>> = [];
@@ -127,6 +146,23 @@ export class Comparison {
       pending.push(request.reply.then((theirs) => (theirs ? this.compare(from, to, theirs, request.generations, wanted, copy, onDiffering) : false)));
     }
     for (const p of pending) if (!(await p)) return false;
+    return true;
+  }
+
+  /** Phase two: the differing segments, runs of adjacent ones in one record each. */
+  private async copyAll(differing: Uint8Array): Promise<boolean> {
+    const { volume, channel } = this.ctx;
+    const size = volume.segmentSize;
+    const runMax = Math.max(1, Math.floor(channel.payloadBytesMax / size));
+    for (let s = 0; s < differing.length; s++) {
+      if (!differing[s]) continue;
+      let end = s + 1;
+      while (end < differing.length && differing[end] && end - s < runMax) end++;
+      const offset = s * size;
+      const copied = this.copyRange(offset, Math.min(end * size, volume.size) - offset);
+      if (!(await copied)) return false;
+      s = end - 1;
+    }
     return this.settle(0);
   }
 
@@ -158,7 +194,7 @@ export class Comparison {
     generations: Int32Array,
     wanted: (s: number) => boolean,
     copy: boolean,
-    onDiffering?: (segment: number) => void,
+    onDiffering: (segment: number) => void,
   ): Promise<boolean> {
     const { volume } = this.ctx;
     const count = end - first;
@@ -174,27 +210,27 @@ export class Comparison {
       this.progress.bytesCompared += bytes;
       const equal = theirs[count * size + i] === 1 && mine[count * size + i] === 1 && sameBytes(mine, theirs, i * size, size);
       if (equal) continue;
-      if (!copy) {
-        // A verify reports only what it is sure of: not a segment written since it was asked about.
-        if (volume.generation(s) !== generations[i]) continue;
-        this.progress.segmentsDiffering++;
-        onDiffering?.(s);
-        continue;
-      }
+      // A verify reports only what it is sure of: not a segment written since it was asked about.
+      if (!copy && volume.generation(s) !== generations[i]) continue;
       this.progress.segmentsDiffering++;
-      if (!(await this.copySegment(s, bytes))) return false;
+      onDiffering(s);
     }
     this.updateRate();
     return true;
   }
 
-  private async copySegment(segment: number, bytes: number): Promise<boolean> {
+  private async copyRange(offset: number, bytes: number): Promise<boolean> {
     const { volume, channel, index, rateBytesPerSec } = this.ctx;
-    if (!(await this.settle(resyncWindowBytes - bytes))) return false;
-    if (rateBytesPerSec) await this.pace(bytes, rateBytesPerSec);
-    if (!this.ctx.alive() || !(await this.ctx.reserve(bytes)) || !this.ctx.alive()) return false;
-    const offset = segment * volume.segmentSize;
-    const seq = channel.appendWrite(index, offset, volume.read(offset, bytes), WriteFlag.resync);
+    // While the window and the journal have room, append without yielding: the records of a batch
+    // then reach the worker together (one wake-up), instead of one task each.
+    const fast = !rateBytesPerSec && this.inflightBytes + bytes <= resyncWindowBytes && this.ctx.alive() && this.ctx.reserveNow(bytes);
+    if (!fast) {
+      if (!(await this.settle(Math.max(0, resyncWindowBytes - bytes)))) return false;
+      if (rateBytesPerSec) await this.pace(bytes, rateBytesPerSec);
+      if (!this.ctx.alive() || !(await this.ctx.reserve(bytes)) || !this.ctx.alive()) return false;
+    }
+    // Straight from volume memory into the journal (one copy), a segment at a time for the views.
+    const seq = channel.appendWrite(index, offset, bytes <= volume.segmentSize ? volume.view(offset, bytes) : volume.read(offset, bytes), WriteFlag.resync);
     this.inflight.push({ seq, bytes });
     this.inflightBytes += bytes;
     this.progress.bytesCopied += bytes;

@@ -52,6 +52,10 @@ export interface SecondaryVolumeStatus {
   consistent: boolean;
   role: string;
   gen: string | undefined;
+  /** Segments whose code is not current yet. */
+  invalidCodes: number;
+  /** The state of the resync into this image, when one is unfinished. */
+  syncingTo?: string;
 }
 
 export class Secondary {
@@ -183,8 +187,21 @@ export class Secondary {
           consistent: t.consistent,
           role: t.meta?.role ?? 'secondary',
           gen: t.meta?.gen,
+          invalidCodes: v.invalidCodeCount(),
+          syncingTo: t.meta?.syncingTo,
         };
       }),
+    };
+  }
+
+  /** What `--control URL` serves: status only (commands are for primaries and controllers). */
+  controlEndpoint(): import('./control-server.ts').ControlEndpoint {
+    return {
+      role: 'secondary',
+      status: () => this.status(),
+      command: (verb) => {
+        throw errors.ROLE(`Cannot ${verb} through a secondary: send it to the primary or to the controller`);
+      },
     };
   }
 

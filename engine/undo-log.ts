@@ -10,7 +10,9 @@
  * ends, the image is consistent again and the log is deleted.
  *
  * Entry: magic 'BMUE' (u32 LE), length (u32), offset in the volume (u64),
- * XXH64 of the bytes (u64), then the bytes. Each entry is written with one
+ * XXH3-64 of the bytes (u64), then the bytes. The writer hashes the old
+ * bytes in place in volume memory with our kernel and writes them from there
+ * (no copy); a reader checks them with hash-wasm's XXH3, the same function. Each entry is written with one
  * positioned write before the image write it protects, so after a process
  * crash the log is a run of whole entries, possibly followed by a torn one
  * whose image write never started; reading stops at the first entry that
@@ -20,7 +22,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { createXXHash64, type IHasher } from 'hash-wasm';
+import { createXXHash3, type IHasher } from 'hash-wasm';
 import { errors } from './errors.ts';
 
 const entryMagic = 0x45554d42; // 'BMUE'
@@ -30,7 +32,7 @@ let hasher: IHasher | undefined;
 
 /** Loads the checksum (one hash-wasm instance per thread). Await it once before `UndoLog.open`. */
 export async function undoLogReady(): Promise<void> {
-  hasher ??= await createXXHash64();
+  hasher ??= await createXXHash3();
 }
 
 function checksum(h: IHasher, bytes: Uint8Array): bigint {
@@ -50,6 +52,8 @@ export class UndoLog {
   private readonly hash: IHasher;
   private fd: number;
   private end: number;
+  private readonly headerBytes = new Uint8Array(headerBytes);
+  private readonly header = new DataView(this.headerBytes.buffer);
   /** True when entries were appended since the last sync. */
   private unsynced = false;
   /** Entries in the log. */
@@ -83,20 +87,20 @@ export class UndoLog {
     return (this.saved[segment >>> 5]! & (1 << (segment & 31))) !== 0;
   }
 
-  /** Appends the old bytes of `segment` (at `offset`), unless the log already holds them. */
-  save(segment: number, offset: number, bytes: Uint8Array): void {
+  /**
+   * Appends the old bytes of `segment` (at `offset`), unless the log already
+   * holds them. `bytes` may alias volume memory: it is written, not kept.
+   * `sum` is their XXH3-64.
+   */
+  save(segment: number, offset: number, bytes: Uint8Array, sum: bigint): void {
     if (this.has(segment)) return;
-    const header = new Uint8Array(headerBytes);
-    const view = new DataView(header.buffer);
+    const view = this.header;
     view.setUint32(0, entryMagic, true);
     view.setUint32(4, bytes.length, true);
     view.setBigUint64(8, BigInt(offset), true);
-    view.setBigUint64(16, checksum(this.hash, bytes), true);
-    const entry = new Uint8Array(headerBytes + bytes.length);
-    entry.set(header);
-    entry.set(bytes, headerBytes);
-    this.write(entry, this.end);
-    this.end += entry.length;
+    view.setBigUint64(16, sum, true);
+    this.write([this.headerBytes, bytes], this.end);
+    this.end += headerBytes + bytes.length;
     this.saved[segment >>> 5]! |= 1 << (segment & 31);
     this.entries++;
     this.unsynced = true;
@@ -158,9 +162,17 @@ export class UndoLog {
     return count;
   }
 
-  private write(bytes: Uint8Array, at: number): void {
+  private write(parts: Uint8Array[], at: number): void {
     try {
-      for (let done = 0; done < bytes.length; ) done += fs.writeSync(this.fd, bytes, done, bytes.length - done, at + done);
+      const total = parts.reduce((n, p) => n + p.length, 0);
+      const done = fs.writevSync(this.fd, parts, at);
+      // A short write (rare): write the rest piece by piece.
+      if (done < total) {
+        const whole = new Uint8Array(total);
+        let o = 0;
+        for (const p of parts) whole.set(p, (o += p.length) - p.length);
+        for (let d = done; d < total; ) d += fs.writeSync(this.fd, whole, d, total - d, at + d);
+      }
     } catch (e) {
       throw errors.IO(`Cannot append to undo log '${this.path}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }

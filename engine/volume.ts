@@ -21,6 +21,7 @@ import { HashPool } from './hash-pool.ts';
 import { ImageFile } from './image.ts';
 import { VolumeMemory } from './memory.ts';
 import { SegmentHasher } from './segment-hasher.ts';
+import { instantiateKernel, type Kernel } from './kernel.ts';
 
 export interface VolumeOptions {
   /** Volume name: letters, digits, `.`, `_`, `-`, at most 64. Names the image `DIR/NAME.img`. */
@@ -69,6 +70,7 @@ export class Volume {
   private readonly image: ImageFile | undefined;
   private readonly localHasher: SegmentHasher;
   private pool: HashPool | undefined;
+  private kernels: Kernel[] | undefined;
   private poolId = 0;
   private sharedPool = false;
   private isClosed = false;
@@ -268,6 +270,23 @@ export class Volume {
     return this.table.snapshot();
   }
 
+  /**
+   * A view of `length` bytes at `offset`, aliasing live volume memory: valid
+   * until the next write there. The range must lie in one segment.
+   */
+  view(offset: number, length: number): Uint8Array {
+    this.check('read', offset, length);
+    return this.memory.view(offset, length);
+  }
+
+  /** XXH3-64 of `length` bytes at `offset`, hashed in place by our kernel (whatever the code algorithm). The range must lie in one segment. */
+  checksum(offset: number, length: number): bigint {
+    this.check('read', offset, length);
+    this.kernels ??= this.memory.memories.map((m) => instantiateKernel(m));
+    const { memory, address } = this.memory.locate(offset);
+    return this.kernels[memory]!.xxh3(address, length);
+  }
+
   /** Bytes of one code. */
   get codeBytes(): number {
     return this.table.codeBytes;
@@ -322,6 +341,8 @@ export class Volume {
     this.checkOpen('read the codes of');
     const size = this.table.codeBytes;
     const out = new Uint8Array(count * (size + 1));
+    // Current already (the pool keeps them so): no round trip to the workers.
+    if (this.table.copyRange(first, count, out.subarray(0, count * size), out.subarray(count * size))) return out;
     for (let attempt = 0; attempt < 4; attempt++) {
       if (this.pool) await this.pool.settle(this.poolId, { first, end: first + count });
       else this.localHasher.passRange(first, first + count);

@@ -10,13 +10,14 @@ import { codesCost } from '../bench/codes-cost.ts';
 import { mirror } from '../bench/mirror.ts';
 import { nbd } from '../bench/nbd.ts';
 import { freeze } from '../bench/freeze.ts';
+import { resync } from '../bench/resync.ts';
 
 import { spawnSync } from 'node:child_process';
 
 const needs: Record<string, string[]> = { nbd: ['fio', 'nbdkit'] };
 const missing = (tools: string[]) => tools.filter((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status !== 0);
 
-for (const [name, suite] of Object.entries({ volumeWrite, hashPool, codesCost, mirror, nbd, freeze })) {
+for (const [name, suite] of Object.entries({ volumeWrite, hashPool, codesCost, mirror, nbd, freeze, resync })) {
   const absent = missing(needs[name] ?? []);
   if (absent.length) {
     console.log(`skipped: benchmark suite ${name}: ${absent.join(', ')} not installed (apt-get install ${absent.join(' ')})`);
