@@ -29,6 +29,19 @@ import { ControlServer } from './control-server.ts';
 import type { GroupEvent } from './member.ts';
 import { FaultProxy } from '../bench/fault-proxy.ts';
 import { checkCut, DependentChain } from '../bench/dependent-writes.ts';
+import { demoteVolumes, promoteVolumes } from './roles.ts';
+import net from 'node:net';
+
+/** A free loopback TCP port (bound and released). */
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const server = net.createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const port = (server.address() as net.AddressInfo).port;
+      server.close(() => resolve(port));
+    });
+  });
+}
 
 const help = `Usage: blockmirror demo [--seconds N] [--dir DIR]
 
@@ -39,7 +52,10 @@ ws://, both in one consistency group run by a controller, and primary 'log'
 (default 3), then qemu-img (or nbdcopy) writes 'db' through the NBD export.
 Then the freeze: dependent writes alternate between 'db' and 'idx' while the
 link of 'db' is cut; both members freeze, the secondary images are checked to
-be a consistent cut, the link returns and the group resyncs. Finally a clean
+be a consistent cut, the link returns and the group resyncs by comparing codes.
+Then failover and failback on a pair of its own: the secondary is promoted and
+written, the old primary returns as its secondary and gets only the differing
+segments, and a swap back copies nothing. Finally a clean
 stop and a byte-for-byte comparison of every image with its mirror. Files go
 to a temporary directory (removed afterwards) unless --dir is given. Exits 0
 only if every check passed.
@@ -214,10 +230,57 @@ export async function demoCommand(argv: string[]): Promise<number> {
   await Promise.all([db.waitDuplex(), idx.waitDuplex()]);
   const sent = groupEvents.slice(groupMark).filter((e) => e.event === 'resume-sent').length;
   say(`   the link is back: RESUME to ${sent} members, the group resynced to duplex in ${((performance.now() - resyncStart) / 1000).toFixed(2)} s`);
+  const dbResync = dbPair.progress;
+  if (dbResync) {
+    say(`   'db' resync: compared the codes of ${dbResync.segmentsCompared} out-of-sync segments, copied ${dbResync.segmentsDiffering} (${formatSize(dbResync.bytesCopied)} of a ${formatSize(dbPair.size)} volume)`);
+  }
   const healed = checkCut([secondary.volume('db')!.read(chainBase, blocks * 4096), secondary.volume('idx')!.read(0, blocks * 4096)], blocks);
   check(healed.newest === chain.next - 1 && healed.violations.length === 0, `after the resync the secondaries hold every dependent write (${healed.newest})`);
 
-  say('4. stopping cleanly (SIGTERM does the same)...');
+  // 4. Failover, failback and a swap back, on a pair of its own.
+  say(`4. failover and failback: primary 'fo' (16 MiB) in fo-a mirrors to fo-b; fo-a is lost, fo-b is promoted and written`);
+  const foA = path.join(dir, 'fo-a');
+  const foB = path.join(dir, 'fo-b');
+  const foBytes = 16 * MiB;
+  {
+    const b = await Secondary.start({ dir: foB, listen: ['tcp://127.0.0.1:0'] });
+    const a = await Primary.start({ ...fast, dir: foA, volumes: [{ name: 'fo', size: foBytes }], mirror: b.urls[0]!, pool: 'none' });
+    await a.waitDuplex();
+    await a.volume('fo').write(0, block.subarray(0, 256 * 1024));
+    for (let at = 0; at < foBytes; at += block.length) await a.volume('fo').write(at, block);
+    await a.close();
+    await b.close();
+  }
+  const promoted = await promoteVolumes({ dir: foB });
+  say(`   blockmirror promote --dir fo-b: 'fo' is now a primary's volume, generation ${promoted[0]!.gen}`);
+  {
+    const port = await freePort();
+    const b = await Primary.start({ ...fast, dir: foB, volumes: [{ name: 'fo', size: foBytes }], mirror: `tcp://127.0.0.1:${port}`, pool: 'none' });
+    const changed = 20;
+    for (let i = 0; i < changed; i++) await b.volume('fo').write(i * 13 * 65536, block.subarray(0, 65536).reverse());
+    const a = await Secondary.start({ dir: foA, listen: [`tcp://127.0.0.1:${port}`] });
+    await b.waitDuplex(60_000);
+    const p = b.volume('fo').progress!;
+    say(`   fo-a returns as the secondary of fo-b (failback): ${p.segmentsCompared} codes compared, ${p.segmentsDiffering} segments copied (${formatSize(p.bytesCopied)} of ${formatSize(foBytes)})`);
+    check(p.full && p.segmentsDiffering === changed, `the failback copied only the ${changed} segments written on fo-b`);
+    await b.close();
+    await a.close();
+  }
+  await demoteVolumes({ dir: foB });
+  await promoteVolumes({ dir: foA });
+  {
+    const b = await Secondary.start({ dir: foB, listen: ['tcp://127.0.0.1:0'] });
+    const a = await Primary.start({ ...fast, dir: foA, volumes: [{ name: 'fo', size: foBytes }], mirror: b.urls[0]!, pool: 'none' });
+    await a.waitDuplex(60_000);
+    const copied = a.volume('fo').progress?.bytesCopied ?? 0;
+    say(`   swap back (blockmirror swap: demote fo-b, promote fo-a): fo-a is the primary again; ${formatSize(copied)} copied`);
+    check(copied === 0, 'the swap back copied nothing');
+    await a.close();
+    await b.close();
+  }
+  check(fs.readFileSync(path.join(foA, 'fo.img')).equals(fs.readFileSync(path.join(foB, 'fo.img'))), 'fo.img is byte-identical on both sides after failover, failback and swap');
+
+  say('5. stopping cleanly (SIGTERM does the same)...');
   await controller.close();
   await dbControl.close();
   await idxControl.close();

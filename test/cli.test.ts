@@ -59,6 +59,10 @@ test('blockmirror demo runs a local mirror pair and exits 0 with byte-identical 
   assert.match(r.stdout, /both members frozen [\d.]+ ms after the failure was detected/);
   assert.match(r.stdout, /ok +the secondary images are a consistent cut/);
   assert.match(r.stdout, /the group resynced to duplex/);
+  // Failover, failback that copies only what differs, and a swap back that copies nothing.
+  assert.match(r.stdout, /ok +the failback copied only the 20 segments written on fo-b/);
+  assert.match(r.stdout, /ok +the swap back copied nothing/);
+  assert.match(r.stdout, /ok +fo\.img is byte-identical/);
   // With qemu-img or nbdcopy installed (CI installs both), a real tool writes through the NBD export.
   if (!/skipped: the NBD step/.test(r.stdout)) assert.match(r.stdout, /ok +what \S+ wrote through NBD is on the secondary/);
 });
