@@ -182,12 +182,15 @@ export class Channel {
     return this.append([FrameType.flush, 0]);
   }
 
+  /** Room a begin or end record needs (they carry generation ids): ask `room` for this payload size. */
+  static readonly syncRecordPayloadBytes = 256;
+
   appendSyncBegin(volume: number, gen: string): number {
-    return this.append([FrameType.syncBegin, 0, volume, gen]);
+    return this.append([FrameType.syncBegin, 0, volume, gen], undefined, Channel.syncRecordPayloadBytes);
   }
 
   appendSyncEnd(volume: number, gen: string, history: string[]): number {
-    return this.append([FrameType.syncEnd, 0, volume, gen, history]);
+    return this.append([FrameType.syncEnd, 0, volume, gen, history], undefined, Channel.syncRecordPayloadBytes);
   }
 
   /**
@@ -225,8 +228,12 @@ export class Channel {
     return alignedFrameBytes(32, payloadBytes);
   }
 
-  async stop(): Promise<void> {
-    if (this.stopped) return;
+  /**
+   * Stops the worker and hands back every record still unacknowledged (the
+   * owner must record them as out of sync before it saves anything).
+   */
+  async stop(): Promise<LostRecord[]> {
+    if (this.stopped) return [];
     this.stopped = true;
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     const stopped = new Promise<void>((resolve) => {
@@ -236,8 +243,12 @@ export class Channel {
     this.worker.post({ type: 'stop' });
     await stopped;
     await this.worker.terminate();
+    // A failure already handled emptied the ring; otherwise what is left was never acknowledged.
+    const lost = this.handledState === ChannelState.failed ? [] : this.unacknowledged();
+    this.journal.reset();
     this.failWaiters();
     for (const resolve of this.failureWaiters.splice(0)) resolve();
+    return lost;
   }
 
   /**
@@ -250,12 +261,12 @@ export class Channel {
     return this.journal.capacity - this.journal.used() - this.reserved >= bytes * 2;
   }
 
-  private append(header: unknown[], payload?: Uint8Array): number {
+  private append(header: unknown[], payload?: Uint8Array, reservedPayloadBytes = payload ? payload.length : 0): number {
     const seq = this.nextSeq;
     header[1] = seq;
     const packed = headerPackr.pack(header) as Uint8Array;
     const bytes = alignedFrameBytes(packed.length, payload ? payload.length : 0);
-    this.unreserve(this.recordBytes(payload ? payload.length : 0));
+    this.unreserve(this.recordBytes(reservedPayloadBytes));
     const at = this.journal.reserve(bytes);
     if (at < 0) throw errors.ASSERTION(`Invariant broken: journal reserve of ${bytes} bytes failed after room was granted`);
     writeFrame(this.journal.ring, this.journal.ringView, at, packed, payload);

@@ -1,7 +1,7 @@
 /** `blockmirror promote`, `demote` and `swap`: role changes of stopped volumes (roles.ts). */
 import { parseArgs, type OptionSpec } from './args.ts';
 import { errors } from './errors.ts';
-import { demoteVolumes, promoteVolumes, type RoleChange } from './roles.ts';
+import { checkDemotable, checkPromotable, demoteVolumes, promoteVolumes, type RoleChange } from './roles.ts';
 
 const help = {
   promote: `Usage: blockmirror promote --dir DIR [--volume NAME] [--force]
@@ -52,6 +52,9 @@ export async function roleCommand(verb: 'promote' | 'demote' | 'swap', argv: str
   else if (verb === 'demote') report(await demoteVolumes({ dir: args.dir as string, names }));
   else {
     if (args['primary-dir'] === args['secondary-dir']) throw errors.USAGE('swap: --primary-dir and --secondary-dir must differ');
+    // Both halves are checked before either changes anything.
+    checkDemotable({ dir: args['primary-dir'] as string, names });
+    checkPromotable({ dir: args['secondary-dir'] as string, names });
     report(await demoteVolumes({ dir: args['primary-dir'] as string, names }));
     report(await promoteVolumes({ dir: args['secondary-dir'] as string, names }));
   }

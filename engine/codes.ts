@@ -137,6 +137,20 @@ export class CodeTable {
     this.dirty.fill(0);
   }
 
+  /**
+   * Takes saved codes as current where `valid` says so. Only before any
+   * hasher or writer runs (at open), like `fillAll`.
+   */
+  restore(codes: Uint8Array, valid: Uint8Array): void {
+    this.codes.set(codes);
+    for (let s = 0; s < this.segmentCount; s++) if (valid[s]) this.validGeneration[s] = this.generation[s]!;
+    for (let c = 0; c < this.chunkCount; c++) {
+      let all = true;
+      for (let s = c * chunkSegments; s < Math.min(this.segmentCount, (c + 1) * chunkSegments); s++) if (!valid[s]) all = false;
+      if (all) this.dirty[c] = 0;
+    }
+  }
+
   /** Hasher side: stores the code computed for generation `generation`. */
   publish(segment: number, generation: number, code: bigint | Uint8Array): void {
     if (typeof code === 'bigint') this.codeView.setBigUint64(segment * 8, code);

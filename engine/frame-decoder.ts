@@ -134,7 +134,7 @@ export class FrameDecoder {
 const isUint = (x: unknown, max = 0xffffffff): x is number => typeof x === 'number' && Number.isInteger(x) && x >= 0 && x <= max;
 const isOffset = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
 const isGen = (x: unknown): boolean => typeof x === 'string' && /^[0-9a-f]{16}$/.test(x);
-/** Most segments one codes request may ask for (the reply then carries at most 4096 × 32 bytes). */
+/** Most segments one codes request may ask for (the reply then carries at most 4096 × 33 bytes, for blake3). */
 export const codesPerRequestMax = 4096;
 const isObject = (x: unknown) => typeof x === 'object' && x !== null && !Array.isArray(x) && !(x instanceof Uint8Array);
 

@@ -20,6 +20,13 @@ export class ImageFile {
   readonly path: string;
   readonly size: number;
   private fd: number;
+  /**
+   * Set when a sync failed. The kernel may have dropped the dirty pages and
+   * their error with them, so a later sync that succeeds proves nothing:
+   * every later write and flush fails with this error, until the image is
+   * opened again (and, at the next start, compared by codes).
+   */
+  private failure: Error | undefined;
 
   private constructor(path: string, fd: number, size: number) {
     this.path = path;
@@ -79,45 +86,89 @@ export class ImageFile {
     }
   }
 
-  /** Positioned write of all of `data` at `offset`, through the OS cache. */
-  write(offset: number, data: Uint8Array): void {
-    for (let done = 0; done < data.length; ) {
-      const n = this.io('write', () => fs.writeSync(this.fd, data, done, data.length - done, offset + done), offset + done);
-      done += n;
+  /**
+   * Positioned write of all of `data` at `offset`, through the OS cache. If
+   * it fails part way (ENOSPC, EIO), `restore(done)` is asked for the old
+   * bytes of what was written, which are put back, so a failed write leaves
+   * the file as it was wherever that is possible.
+   */
+  write(offset: number, data: Uint8Array, restore?: (length: number) => Uint8Array): void {
+    this.checkHealthy('write');
+    let done = 0;
+    try {
+      while (done < data.length) done += this.io('write', () => fs.writeSync(this.fd, data, done, data.length - done, offset + done), offset + done);
+    } catch (e) {
+      if (done > 0 && restore) {
+        try {
+          const old = restore(done);
+          for (let put = 0; put < old.length; ) put += fs.writeSync(this.fd, old, put, old.length - put, offset + put);
+        } catch {
+          this.failure ??= errors.IO(`Cannot trust image '${this.path}': a failed write at ${offset} could not be undone`);
+        }
+      }
+      throw e;
     }
   }
 
   /** Writes `length` zero bytes at `offset`. */
-  zero(offset: number, length: number): void {
+  zero(offset: number, length: number, restore?: (at: number, length: number) => Uint8Array): void {
     zeroes ??= new Uint8Array(Math.min(ioChunkBytes, 1024 * 1024));
     for (let done = 0; done < length; ) {
       const n = Math.min(zeroes.length, length - done);
-      this.write(offset + done, zeroes.subarray(0, n));
+      const at = done;
+      try {
+        this.write(offset + done, zeroes.subarray(0, n), restore && ((k) => restore(offset + at, k)));
+      } catch (e) {
+        // Put back the whole pieces already zeroed too.
+        if (restore && at > 0) {
+          try {
+            this.write(offset, restore(offset, at));
+          } catch {
+            this.failure ??= errors.IO(`Cannot trust image '${this.path}': a failed zero write at ${offset} could not be undone`);
+          }
+        }
+        throw e;
+      }
       done += n;
     }
   }
 
-  /** Makes every completed write durable (fdatasync). */
+  /** Makes every completed write durable (fdatasync). A failure is final (see `failure`). */
   flush(): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
     return new Promise((resolve, reject) => {
-      fs.fdatasync(this.fd, (e) => (e ? reject(errors.IO(`Cannot flush image '${this.path}': ${e.code ?? e.message}`)) : resolve()));
+      fs.fdatasync(this.fd, (e) => {
+        if (!e) return resolve();
+        this.failure ??= errors.IO(`Cannot flush image '${this.path}': ${e.code ?? e.message}; its durability is unknown from now on`);
+        reject(this.failure);
+      });
     });
+  }
+
+  private checkHealthy(what: string): void {
+    if (this.failure) throw errors.IO(`Cannot ${what} image '${this.path}': ${this.failure.message}`);
   }
 
   /** `flush()`, blocking: for the rare paths that must finish before anything else runs (a rollback). */
   flushSync(): void {
+    if (this.failure) throw this.failure;
     try {
       fs.fdatasyncSync(this.fd);
     } catch (e) {
-      throw errors.IO(`Cannot flush image '${this.path}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      this.failure ??= errors.IO(`Cannot flush image '${this.path}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}; its durability is unknown from now on`);
+      throw this.failure;
     }
   }
 
+  /** Flushes and closes; the file is closed even when the flush fails (which is then thrown). */
   async close(): Promise<void> {
     if (this.fd < 0) return;
-    await this.flush();
-    fs.closeSync(this.fd);
-    this.fd = -1;
+    try {
+      await this.flush();
+    } finally {
+      fs.closeSync(this.fd);
+      this.fd = -1;
+    }
   }
 
   private io(what: string, op: () => number, offset: number): number {

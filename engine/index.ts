@@ -22,3 +22,6 @@ export { type Pair, type PairState, type PairEvent } from './pair.ts';
 export { Controller, type ControllerOptions, type ControllerStatus, type ControllerPhase } from './controller.ts';
 export { type GroupEvent, type GroupPhase, type GroupPolicy } from './member.ts';
 export { ControlServer, requestStatus, sendCommand, type ControlEndpoint } from './control-server.ts';
+export { promoteVolumes, demoteVolumes, type RoleChange, type RoleOptions } from './roles.ts';
+export { type VerifyResult } from './pair.ts';
+export { type ResyncProgress } from './resync.ts';

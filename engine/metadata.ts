@@ -53,6 +53,12 @@ export interface VolumeMetadata {
   consistent: boolean;
   /** The generation the running resync brings this image to. */
   syncingTo?: string;
+  /**
+   * True only from a clean stop to the next start: the out-of-sync map and
+   * the codes saved beside the image (saved-state.ts) may then be trusted.
+   * A process that dies leaves it false.
+   */
+  clean?: boolean;
 }
 
 export function newGen(): string {
@@ -122,10 +128,11 @@ export function parseMetadata(bytes: Uint8Array, file: string, name: string): Vo
     Number.isSafeInteger(value.blockSize) && Number.isSafeInteger(value.segmentSize) && codeAlgorithms.includes(value.code) &&
     (value.role === 'primary' || value.role === 'secondary') && isGen(value.gen) && isGen(value.oosBase) &&
     Array.isArray(value.history) && value.history.length <= historyMax && value.history.every(isGen) &&
-    typeof value.consistent === 'boolean' && (value.syncingTo === undefined || isGen(value.syncingTo));
+    typeof value.consistent === 'boolean' && (value.syncingTo === undefined || isGen(value.syncingTo)) &&
+    (value.clean === undefined || typeof value.clean === 'boolean');
   if (!ok) throw errors.METADATA(`Cannot trust metadata '${file}': it does not describe volume '${name}' (fields missing or wrong)`);
-  const { name: n, size, blockSize, segmentSize, code, role, gen, history, oosBase, consistent, syncingTo } = value;
-  return { name: n, size, blockSize, segmentSize, code, role, gen, history, oosBase, consistent, ...(syncingTo ? { syncingTo } : {}) };
+  const { name: n, size, blockSize, segmentSize, code, role, gen, history, oosBase, consistent, syncingTo, clean } = value;
+  return { name: n, size, blockSize, segmentSize, code, role, gen, history, oosBase, consistent, ...(syncingTo ? { syncingTo } : {}), clean: clean === true };
 }
 
 /** Writes `meta` to `DIR/NAME.meta` so that a crash leaves the old or the new version, whole. */

@@ -67,6 +67,27 @@ export class OutOfSyncMap {
     return this.lastSegmentSet ? (this.count - 1) * this.segmentSize + lastBytes : this.count * this.segmentSize;
   }
 
+  /** The marks as bytes (little-endian words), to save them. */
+  toBytes(): Uint8Array {
+    return new Uint8Array(this.bits.slice().buffer);
+  }
+
+  /** Sets the marks saved by `toBytes` (on top of any already set). */
+  addBytes(bytes: Uint8Array): void {
+    const words = new Uint32Array(bytes.slice().buffer);
+    for (let w = 0; w < Math.min(words.length, this.bits.length); w++) {
+      for (let bit = 0; bit < 32; bit++) {
+        const s = w * 32 + bit;
+        if (s < this.segmentCount && (words[w]! & (1 << bit)) !== 0) this.mark(s);
+      }
+    }
+  }
+
+  /** Bytes `toBytes` returns for this map. */
+  get byteLength(): number {
+    return this.bits.byteLength;
+  }
+
   /** A copy of the marks, for a resync to remember its candidates. */
   copy(): OutOfSyncMap {
     const other = new OutOfSyncMap(this.volumeSize, this.segmentSize);

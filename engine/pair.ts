@@ -34,13 +34,16 @@
  * differing ones copied; the bits are cleared when the secondary has
  * acknowledged the end of the resync, its image consistent and durable.
  */
-import type { Channel } from './channel.ts';
+import { Channel } from './channel.ts';
 import { errors } from './errors.ts';
 import { WriteFlag } from './frame.ts';
 import type { GroupMember } from './member.ts';
 import { OutOfSyncMap } from './out-of-sync.ts';
 import type { Volume, WriteOptions } from './volume.ts';
+import fs from 'node:fs';
+import path from 'node:path';
 import { nextGeneration, saveMetadata, type VolumeMetadata } from './metadata.ts';
+import { loadState, removeState, saveState } from './saved-state.ts';
 import { Comparison, type ResyncProgress } from './resync.ts';
 import type { VolumeHello, VolumeWelcome } from './secondary-session.ts';
 
@@ -91,6 +94,8 @@ export class Pair {
    * nor from the start of a resync until it ends (it is then half old, half new).
    */
   private secondaryConsistent = false;
+  /** Set once the image under this volume failed; the pair then stays suspended. */
+  diskError: Error | undefined;
   /** The running (or last) resync or verify. */
   progress: ResyncProgress | undefined;
   /** Largest bytes per second a resync copies (undefined: unpaced). */
@@ -131,6 +136,38 @@ export class Pair {
     return this.metadata;
   }
 
+  /**
+   * The primary starts serving this volume. After a clean stop the saved
+   * out-of-sync map is taken as complete; then the metadata is marked not
+   * clean (durably, before any write), so a crash from now on makes the
+   * next start compare every code.
+   */
+  startServing(): void {
+    if (this.dir && this.metadata.clean) {
+      const saved = loadState(this.dir, this.name, 'oos', { segmentCount: this.oos.segmentCount, bodyBytes: this.oos.byteLength });
+      if (saved) {
+        this.oos.addBytes(saved.body);
+        this.oosTrusted = true;
+      }
+    }
+    if (this.dir) removeState(this.dir, this.name);
+    this.saveMeta({ ...this.metadata, clean: false });
+  }
+
+  /** A clean stop (the channel has stopped; lost records are marked): saves the map, the codes and the metadata. */
+  async stop(): Promise<void> {
+    const saving = this.dir !== undefined;
+    await this.volume.close({ saveCodes: saving });
+    if (!this.dir) return;
+    // A map that has a gap (this run started after a crash, and no resync has completed since)
+    // is not saved: the next start then compares every code, as this one had to.
+    if (this.oosTrusted) {
+      const size = fs.statSync(path.join(this.dir, `${this.name}.img`)).size;
+      saveState(this.dir, this.name, 'oos', { segmentCount: this.oos.segmentCount, imageSize: size, imageMtimeMs: 0, body: this.oos.toBytes() });
+    }
+    this.saveMeta({ ...this.metadata, clean: true });
+  }
+
   /** What the hello says of this volume: geometry and generation ids. */
   hello(): VolumeHello {
     const v = this.volume;
@@ -156,7 +193,7 @@ export class Pair {
 
   /** True while writes are sent to the secondary. */
   private get mirroring(): boolean {
-    return (this.current === 'duplex' || this.current === 'syncing') && this.channel.connected;
+    return (this.current === 'duplex' || this.current === 'syncing') && this.channel.connected && !this.diskError;
   }
 
   read(offset: number, length: number): Uint8Array {
@@ -174,18 +211,51 @@ export class Pair {
       if ((await this.admit(n)) === 'record') {
         // Not mirrored: apply locally and record what the secondary now lacks.
         const rest = data.subarray(done);
-        this.volume.writeSync(offset + done, rest);
+        try {
+          this.volume.writeSync(offset + done, rest);
+        } catch (e) {
+          throw this.diskFailure(e);
+        }
         this.recordUnmirrored(offset + done, rest.length);
         break;
       }
       const chunk = data.subarray(done, done + n);
-      this.volume.writeSync(offset + done, chunk);
+      try {
+        this.volume.writeSync(offset + done, chunk);
+      } catch (e) {
+        this.channel.unreserve(this.channel.recordBytes(n));
+        throw this.diskFailure(e);
+      }
       last = this.channel.appendWrite(this.index, offset + done, chunk, flags);
       this.bytesMirrored += n;
       done += n;
     }
     await this.complete(last, this.mode === 'sync' || options.fua === true);
-    if (options.fua) await this.volume.flush();
+    if (options.fua) await this.flushHere();
+  }
+
+  private async flushHere(): Promise<void> {
+    try {
+      await this.volume.flush();
+    } catch (e) {
+      throw this.diskFailure(e);
+    }
+  }
+
+  /**
+   * The image under this volume failed (ENOSPC, EIO): the write or flush
+   * that hit it fails with BM_ERR_IO, and the pair stops mirroring
+   * (`suspended`, an event says why) until the primary is restarted: the
+   * secondary then holds the last good copy.
+   */
+  private diskFailure(e: unknown): unknown {
+    if ((e as { code?: string }).code !== 'BM_ERR_IO') return e;
+    if (!this.diskError) {
+      this.diskError = e as Error;
+      this.epoch++;
+      this.setState('suspended', 'BM_ERR_IO');
+    }
+    return e;
   }
 
   async writeZeroes(offset: number, length: number, options: WriteOptions = {}): Promise<void> {
@@ -193,12 +263,17 @@ export class Pair {
     if (length === 0) return;
     this.writes++;
     const how = await this.admit(0);
-    this.volume.writeZeroesSync(offset, length);
+    try {
+      this.volume.writeZeroesSync(offset, length);
+    } catch (e) {
+      if (how === 'mirror') this.channel.unreserve(this.channel.recordBytes(0));
+      throw this.diskFailure(e);
+    }
     let seq = -1;
     if (how === 'record') this.recordUnmirrored(offset, length);
     else seq = this.channel.appendZeroes(this.index, offset, length);
     await this.complete(seq, this.mode === 'sync' || options.fua === true);
-    if (options.fua) await this.volume.flush();
+    if (options.fua) await this.flushHere();
   }
 
   /** Trimmed bytes read back as zeroes, on both sides. */
@@ -209,7 +284,11 @@ export class Pair {
 
   /** Makes every completed write durable here and, while mirroring, on the secondary. */
   async flush(): Promise<void> {
-    await this.volume.flush();
+    try {
+      await this.volume.flush();
+    } catch (e) {
+      throw this.diskFailure(e);
+    }
     if ((await this.admit(0)) === 'record') return;
     await this.complete(this.channel.appendFlush(), true);
   }
@@ -289,7 +368,7 @@ export class Pair {
 
   /** The link is up and the group lets this pair mirror: compare and copy what is out of sync, then `duplex`. */
   startMirroring(reason: string): void {
-    if (!this.channel.connected) return this.setState('suspended', reason);
+    if (!this.channel.connected || this.diskError) return this.setState('suspended', this.diskError ? 'BM_ERR_IO' : reason);
     if (this.current === 'duplex' || (this.current === 'syncing' && this.resyncing)) return;
     const inSync = this.oos.size === 0 && this.targetGen === this.metadata.gen && this.secondaryConsistent;
     if (inSync && this.current !== 'syncing') return this.setState('duplex', reason);
@@ -358,6 +437,14 @@ export class Pair {
     return false;
   }
 
+  /** `reserve`, giving the room back when the pass it was for has been stopped meanwhile. */
+  private async reserveFor(payloadBytes: number, epoch: number): Promise<boolean> {
+    if (!(await this.reserve(payloadBytes))) return false;
+    if (epoch === this.epoch) return true;
+    this.channel.unreserve(this.channel.recordBytes(payloadBytes));
+    return false;
+  }
+
   private resyncContext(epoch: number) {
     return {
       volume: this.volume,
@@ -389,11 +476,11 @@ export class Pair {
     let done = false;
     try {
       // Begin and end records carry generation ids: room as for a small payload.
-      if (!(await this.reserve(256)) || epoch !== this.epoch) return;
+      if (!(await this.reserveFor(Channel.syncRecordPayloadBytes, epoch))) return;
       this.channel.appendSyncBegin(this.index, gen);
       this.emitResync('started', this.fullCompare ? 'every code is compared' : 'the out-of-sync segments are compared');
       if (!(await comparison.run((s) => candidates.has(s)))) return;
-      if (!(await this.reserve(256)) || epoch !== this.epoch) return;
+      if (!(await this.reserveFor(Channel.syncRecordPayloadBytes, epoch))) return;
       const end = this.channel.appendSyncEnd(this.index, gen, this.metadata.history);
       if (!(await this.channel.waitAck(end)) || epoch !== this.epoch) return;
       // The secondary holds every candidate, consistent and durable: only now are the bits cleared.

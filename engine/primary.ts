@@ -140,7 +140,12 @@ export class Primary {
       for (const v of options.volumes) {
         const exists = options.dir !== undefined && fs.existsSync(path.join(options.dir, `${v.name}.img`));
         const common = { ...v, dir: options.dir, pool: options.pool };
-        const volume = exists ? await Volume.open({ ...common, dir: options.dir! }) : await Volume.create(common);
+        const known = exists ? loadMetadata(options.dir!, v.name) : undefined;
+        if (!exists && options.dir) {
+          // A new image: metadata or saved state left beside it belongs to an image that is gone.
+          for (const ext of ['meta', 'undo', 'oos', 'codes']) fs.rmSync(path.join(options.dir, `${v.name}.${ext}`), { force: true });
+        }
+        const volume = exists ? await Volume.open({ ...common, dir: options.dir!, trustSavedCodes: known?.clean === true && known.role === 'primary' }) : await Volume.create(common);
         volumes.push(volume);
         fresh.push(!exists);
         metas.push(primaryMetadata(options.dir, volume));
@@ -195,6 +200,8 @@ export class Primary {
         }),
       ),
     );
+    // Serving from now on: a crash must not leave the saved state trusted.
+    for (const p of pairs) p.startServing();
     primary = new Primary(name, options.mirror, mode, channel, member, pairs, fresh);
     for (const f of early) f();
     channel.connect();
@@ -272,7 +279,7 @@ export class Primary {
    * resynced. Resolves with what each pair found.
    */
   async verify(name?: string): Promise<import('./pair.ts').VerifyResult[]> {
-    const pairs = name === undefined ? this.pairs : [this.volume(name)];
+    const pairs = name === undefined ? this.pairs.filter((p) => p.state === 'duplex') : [this.volume(name)];
     const results = [];
     for (const p of pairs) results.push(await p.verify());
     return results;
@@ -331,8 +338,21 @@ export class Primary {
     while (this.channel.connected && this.channel.journalBytesUsed > 0 && performance.now() < deadline) {
       await new Promise((r) => setTimeout(r, 2));
     }
-    await this.channel.stop();
-    for (const p of this.pairs) await p.volume.close();
+    const lost = await this.channel.stop();
+    const byVolume = this.pairs.map(() => [] as LostRecord[]);
+    for (const r of lost) byVolume[r.volume]?.push(r);
+    this.pairs.forEach((p, i) => p.failed(byVolume[i]!));
+    // A clean stop: the map, the codes and the metadata are saved, so the next start copies nothing.
+    // A volume whose image fails to close is left not clean (its next start compares every code).
+    let failure: unknown;
+    for (const p of this.pairs) {
+      try {
+        await p.stop();
+      } catch (e) {
+        failure ??= e;
+      }
+    }
+    if (failure) throw failure;
   }
 
   private emit(event: PrimaryEvent): void {
@@ -365,11 +385,7 @@ export class Primary {
 function primaryMetadata(dir: string | undefined, volume: Volume): VolumeMetadata {
   const geometry = { name: volume.name, size: volume.size, blockSize: volume.blockSize, segmentSize: volume.segmentSize, code: volume.algorithm };
   const loaded = dir ? loadMetadata(dir, volume.name) : undefined;
-  if (!loaded) {
-    const meta = freshMetadata(geometry, 'primary');
-    if (dir) saveMetadata(dir, meta);
-    return meta;
-  }
+  if (!loaded) return freshMetadata(geometry, 'primary');
   if (loaded.size !== volume.size || loaded.blockSize !== volume.blockSize || loaded.segmentSize !== volume.segmentSize || loaded.code !== volume.algorithm) {
     throw errors.METADATA(`Cannot trust the metadata of volume '${volume.name}': it describes ${loaded.size} bytes, blocks of ${loaded.blockSize}, segments of ${loaded.segmentSize}, code ${loaded.code}`);
   }

@@ -19,6 +19,7 @@ import { errors } from './errors.ts';
 import { adoptGeneration, freshMetadata, loadMetadata, newGen, saveMetadata, type VolumeMetadata } from './metadata.ts';
 import { planResync, type ResyncPlan, type SourceGeneration } from './resync-plan.ts';
 import { UndoLog, undoPath } from './undo-log.ts';
+import { removeState } from './saved-state.ts';
 import type { Volume } from './volume.ts';
 
 export class ResyncTarget {
@@ -34,6 +35,10 @@ export class ResyncTarget {
     this.volume = volume;
     this.dir = dir;
     this.created = created;
+    if (dir && created) {
+      // A new image: whatever metadata, undo log or saved state is left beside it belongs to an image that is gone.
+      for (const ext of ['meta', 'undo', 'oos', 'codes']) fs.rmSync(`${dir}/${volume.name}.${ext}`, { force: true });
+    }
     this.meta = dir ? loadMetadata(dir, volume.name) : undefined;
     if (this.meta && (this.meta.size !== volume.size || this.meta.blockSize !== volume.blockSize || this.meta.segmentSize !== volume.segmentSize)) {
       throw errors.METADATA(`Cannot trust the metadata of volume '${volume.name}': it describes ${this.meta.size} bytes in blocks of ${this.meta.blockSize}, the image has ${volume.size}`);
@@ -53,8 +58,17 @@ export class ResyncTarget {
    * resync toward another generation is rolled back first.
    */
   plan(source: SourceGeneration, discardMyData: boolean): ResyncPlan {
-    if (this.meta && !this.meta.consistent && this.meta.syncingTo !== source.gen) this.rollback();
-    const plan = planResync(this.volume.name, source, this.meta, this.created && !this.meta, discardMyData);
+    let known = this.meta;
+    let rolledBack = false;
+    if (this.meta && !this.meta.consistent && this.meta.syncingTo !== source.gen) {
+      // Rolled back, the image holds again what it held when that resync began, which no map of
+      // this source describes; not rolled back (it never held a complete copy), it holds nothing
+      // worth keeping. Either way every code is compared.
+      rolledBack = this.rollback();
+      known = rolledBack ? this.meta : undefined;
+    }
+    const plan = planResync(this.volume.name, source, known, this.created && !this.meta, discardMyData);
+    if (rolledBack && !plan.full) return { full: true, reason: 'an interrupted resync was rolled back first: every code is compared' };
     if (this.created && !this.meta && source.fresh) {
       // Both images are new and hold zeroes: in sync at once, at the source's generation.
       this.save({ ...this.geometryMeta(), gen: source.gen, history: source.history.slice(), oosBase: source.gen, consistent: true });
@@ -72,7 +86,12 @@ export class ResyncTarget {
     }
     // An image created here that never held a consistent copy has nothing worth keeping: no undo log.
     const worthKeeping = !this.created || this.meta?.consistent === true;
-    this.save({ ...meta, consistent: false, syncingTo: gen });
+    // From now on this image is a target (an old primary returning is one too), and a log left by
+    // an earlier, finished or abandoned resync must not be taken for this one's.
+    this.undo?.remove();
+    this.undo = undefined;
+    if (this.dir) fs.rmSync(undoPath(this.dir, this.volume.name), { force: true });
+    this.save({ ...meta, role: 'secondary', consistent: false, syncingTo: gen });
     if (worthKeeping) this.openUndo();
   }
 
@@ -121,9 +140,20 @@ export class ResyncTarget {
     return true;
   }
 
-  close(): void {
+  /** Served from now on: the saved codes were taken (or not) at open; a crash must not leave them trusted. */
+  startServing(): void {
+    if (!this.dir || !this.meta) return;
+    removeState(this.dir, this.volume.name);
+    if (this.meta.clean) this.save({ ...this.meta, clean: false });
+  }
+
+  /** A clean stop: the image flushed and closed, the codes saved, the metadata marked clean. */
+  async stop(): Promise<void> {
+    this.undo?.sync();
     this.undo?.close();
     this.undo = undefined;
+    await this.volume.close({ saveCodes: this.dir !== undefined && this.meta !== undefined });
+    if (this.meta) this.save({ ...this.meta, clean: true });
   }
 
   private protect(offset: number, length: number): void {

@@ -41,7 +41,7 @@ import { WriteFlag } from './frame.ts';
 import type { OutOfSyncMap } from './out-of-sync.ts';
 import type { Volume } from './volume.ts';
 
-/** Segments one codes request covers at most (the decoder's limit; the answer is then 4096 × 9 bytes). */
+/** Segments one codes request covers at most (the decoder's limit; the answer is then 4096 × (code bytes + 1)). */
 export const codesWindowSegments = 4096;
 /** Codes requests outstanding at once. */
 export const requestsInFlightMax = 8;
@@ -129,8 +129,10 @@ export class Comparison {
     const { volume } = this.ctx;
     const copy = this.progress.kind === 'resync';
     const pending: Array<Promise<boolean>> = [];
-    for (let first = 0; first < volume.segmentCount; first += codesWindowSegments) {
-      const end = Math.min(volume.segmentCount, first + codesWindowSegments);
+    // A window's answer must fit in one frame of the receiver's payload limit.
+    const window = Math.max(1, Math.min(codesWindowSegments, Math.floor(this.ctx.channel.payloadBytesMax / (volume.codeBytes + 1))));
+    for (let first = 0; first < volume.segmentCount; first += window) {
+      const end = Math.min(volume.segmentCount, first + window);
       let lo = -1;
       let hi = -1;
       for (let s = first; s < end; s++) {
@@ -158,9 +160,12 @@ export class Comparison {
       if (!differing[s]) continue;
       let end = s + 1;
       while (end < differing.length && differing[end] && end - s < runMax) end++;
-      const offset = s * size;
-      const copied = this.copyRange(offset, Math.min(end * size, volume.size) - offset);
-      if (!(await copied)) return false;
+      // A run of whole segments, or one segment in pieces when segments are larger than a record.
+      const from = s * size;
+      const to = Math.min(end * size, volume.size);
+      for (let at = from; at < to; at += channel.payloadBytesMax) {
+        if (!(await this.copyRange(at, Math.min(channel.payloadBytesMax, to - at)))) return false;
+      }
       s = end - 1;
     }
     return this.settle(0);
@@ -229,8 +234,9 @@ export class Comparison {
       if (rateBytesPerSec) await this.pace(bytes, rateBytesPerSec);
       if (!this.ctx.alive() || !(await this.ctx.reserve(bytes)) || !this.ctx.alive()) return false;
     }
-    // Straight from volume memory into the journal (one copy), a segment at a time for the views.
-    const seq = channel.appendWrite(index, offset, bytes <= volume.segmentSize ? volume.view(offset, bytes) : volume.read(offset, bytes), WriteFlag.resync);
+    // Straight from volume memory into the journal (one copy) when the range lies in one segment.
+    const inOne = Math.floor(offset / volume.segmentSize) === Math.floor((offset + bytes - 1) / volume.segmentSize);
+    const seq = channel.appendWrite(index, offset, inOne ? volume.view(offset, bytes) : volume.read(offset, bytes), WriteFlag.resync);
     this.inflight.push({ seq, bytes });
     this.inflightBytes += bytes;
     this.progress.bytesCopied += bytes;

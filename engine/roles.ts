@@ -12,9 +12,10 @@
  * - demote: a primary's volume that holds nothing its secondary lacks
  *   (consistent, not diverged: generation equal to the map's base) becomes a
  *   secondary's copy at the same generation, so attaching it to the new
- *   primary needs no comparison of every code. A diverged one is refused:
- *   its own writes would be discarded; start it as a secondary with
- *   --discard-my-data to say so.
+ *   primary copies nothing. Only a volume stopped cleanly with an empty
+ *   saved out-of-sync map qualifies; one that diverged or may hold
+ *   unmirrored writes is refused: its own writes would be discarded; start
+ *   it as a secondary with --discard-my-data to say so.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -23,6 +24,10 @@ import { loadMetadata, nextGeneration, saveMetadata, type Role } from './metadat
 import { ResyncTarget } from './resync-target.ts';
 import { undoLogReady } from './undo-log.ts';
 import { Volume } from './volume.ts';
+import { OutOfSyncMap } from './out-of-sync.ts';
+import { loadState, saveState } from './saved-state.ts';
+import { undoPath } from './undo-log.ts';
+import type { VolumeMetadata } from './metadata.ts';
 
 export interface RoleChange {
   name: string;
@@ -53,15 +58,24 @@ function volumesIn(options: RoleOptions, verb: string): string[] {
   return names;
 }
 
-/** Failover: the secondary's copies in `dir` become primary volumes. Every check passes before anything changes. */
-export async function promoteVolumes(options: RoleOptions): Promise<RoleChange[]> {
+/** Checks that every volume can be promoted; throws what `promoteVolumes` would, changing nothing. */
+export function checkPromotable(options: RoleOptions): { names: string[]; metas: VolumeMetadata[] } {
   const names = volumesIn(options, 'promote');
   const metas = names.map((name) => {
     const meta = loadMetadata(options.dir, name);
     if (!meta) throw errors.METADATA(`Cannot promote volume '${name}': it has no metadata`);
     if (meta.role === 'primary') throw errors.ROLE(`Cannot promote volume '${name}': it is already a primary's volume`);
+    if (!meta.consistent && !fs.existsSync(undoPath(options.dir, name)) && !options.force) {
+      throw errors.ROLE(`Cannot promote volume '${name}': its first copy never finished, so it never held a complete image (--force promotes it as it is)`);
+    }
     return meta;
   });
+  return { names, metas };
+}
+
+/** Failover: the secondary's copies in `dir` become primary volumes. Every check passes before anything changes. */
+export async function promoteVolumes(options: RoleOptions): Promise<RoleChange[]> {
+  const { names, metas } = checkPromotable(options);
   await undoLogReady();
   const changes: RoleChange[] = [];
   for (const [i, name] of names.entries()) {
@@ -82,26 +96,47 @@ export async function promoteVolumes(options: RoleOptions): Promise<RoleChange[]
       }
     }
     const promoted = { ...nextGeneration(meta), role: 'primary' as const, oosBase: meta.gen, consistent: true, syncingTo: undefined };
+    if (meta.clean && !rolledBack) {
+      // Nothing has been written since the promotion: an empty out-of-sync map, complete since the
+      // old generation, lets the old primary return with no comparison at all when it was in sync.
+      const size = fs.statSync(path.join(options.dir, `${name}.img`)).size;
+      const map = new OutOfSyncMap(meta.size, meta.segmentSize);
+      saveState(options.dir, name, 'oos', { segmentCount: map.segmentCount, imageSize: size, imageMtimeMs: 0, body: map.toBytes() });
+    }
     saveMetadata(options.dir, promoted);
     changes.push({ name, from: 'secondary', to: 'primary', gen: promoted.gen, rolledBack });
   }
   return changes;
 }
 
-/** Planned swap, first half: in-sync primary volumes in `dir` become secondaries' copies at the same generation. */
-export async function demoteVolumes(options: RoleOptions): Promise<RoleChange[]> {
+/**
+ * Checks that every volume can be demoted: stopped cleanly, not diverged,
+ * and its saved out-of-sync map empty (nothing its secondary lacks, not even
+ * records that were in flight). Throws what `demoteVolumes` would.
+ */
+export function checkDemotable(options: RoleOptions): { names: string[]; metas: VolumeMetadata[] } {
   const names = volumesIn(options, 'demote');
   const metas = names.map((name) => {
     const meta = loadMetadata(options.dir, name);
     if (!meta) throw errors.METADATA(`Cannot demote volume '${name}': it has no metadata`);
     if (meta.role !== 'primary') throw errors.ROLE(`Cannot demote volume '${name}': it is already a secondary's copy`);
+    const lacking = `to discard them, start it as a secondary with --discard-my-data instead`;
     if (!meta.consistent || meta.gen !== meta.oosBase) {
-      throw errors.ROLE(
-        `Cannot demote volume '${name}': it holds writes its secondary lacks (generation ${meta.gen}, last in sync at ${meta.oosBase}); to discard them, start it as a secondary with --discard-my-data instead`,
-      );
+      throw errors.ROLE(`Cannot demote volume '${name}': it holds writes its secondary lacks (generation ${meta.gen}, last in sync at ${meta.oosBase}); ${lacking}`);
     }
+    const map = new OutOfSyncMap(meta.size, meta.segmentSize);
+    const saved = meta.clean ? loadState(options.dir, name, 'oos', { segmentCount: map.segmentCount, bodyBytes: map.byteLength }) : undefined;
+    if (!saved) throw errors.ROLE(`Cannot demote volume '${name}': it was not stopped cleanly, so what its secondary lacks is not known; ${lacking}`);
+    map.addBytes(saved.body);
+    if (map.size > 0) throw errors.ROLE(`Cannot demote volume '${name}': ${map.size} of its segments were not mirrored before it stopped; ${lacking}`);
     return meta;
   });
+  return { names, metas };
+}
+
+/** Planned swap, first half: in-sync primary volumes in `dir` become secondaries' copies at the same generation. */
+export async function demoteVolumes(options: RoleOptions): Promise<RoleChange[]> {
+  const { names, metas } = checkDemotable(options);
   return names.map((name, i) => {
     const meta = { ...metas[i]!, role: 'secondary' as const };
     saveMetadata(options.dir, meta);

@@ -108,8 +108,10 @@ export class Secondary {
       const name = file.slice(0, -'.meta'.length);
       if (!fs.existsSync(path.join(this.dir, `${name}.img`))) continue;
       const meta = loadMetadata(this.dir, name)!;
-      const volume = await Volume.open({ name, dir: this.dir, size: meta.size, blockSize: meta.blockSize, segmentSize: meta.segmentSize, code: meta.code, pool: this.pool });
-      this.targets.set(name, new ResyncTarget(volume, this.dir, false));
+      const volume = await Volume.open({ name, dir: this.dir, size: meta.size, blockSize: meta.blockSize, segmentSize: meta.segmentSize, code: meta.code, pool: this.pool, trustSavedCodes: meta.clean === true });
+      const target = new ResyncTarget(volume, this.dir, false);
+      target.startServing();
+      this.targets.set(name, target);
     }
   }
 
@@ -220,10 +222,7 @@ export class Secondary {
     for (const s of this.sessions) s.end('secondary closing');
     await Promise.all([...this.sessions].map((s) => s.closed));
     await listening;
-    for (const t of this.targets.values()) {
-      t.close();
-      await t.volume.close();
-    }
+    for (const t of this.targets.values()) await t.stop();
     this.targets.clear();
   }
 }

@@ -13,7 +13,9 @@
  * States: open, then closed (every call fails with BM_ERR_CLOSED). A volume
  * owns its memory, code table and image file; it borrows a hashing pool.
  */
+import fs from 'node:fs';
 import path from 'node:path';
+import { loadState, saveState } from './saved-state.ts';
 import { checkAlgorithm, CodeTable, type CodeAlgorithm, type CodeSnapshot } from './codes.ts';
 import { errors } from './errors.ts';
 import { checkBytes, checkRange, describe, makeGeometry, type Geometry } from './geometry.ts';
@@ -42,6 +44,17 @@ export interface VolumeOptions {
    * thread only when `settle()` or `recomputeCodes()` asks for them).
    */
   pool?: HashPool | 'shared' | 'none';
+  /**
+   * Open: take the codes saved at the last clean stop (`DIR/NAME.codes`) as
+   * current, when that file checks and the image has not changed since.
+   * Only for a caller that knows the stop was clean (its metadata says so).
+   */
+  trustSavedCodes?: boolean;
+}
+
+export interface CloseOptions {
+  /** Save the codes beside the image (`DIR/NAME.codes`) for the next start. */
+  saveCodes?: boolean;
 }
 
 export interface WriteOptions {
@@ -152,6 +165,7 @@ export class Volume {
       });
       if (how === 'open') {
         image!.load(memory);
+        if (options.trustSavedCodes) loadSavedCodes(table, options.dir!, name, image!);
       } else {
         // Every segment of a new volume holds zeroes: hash one (and a shorter
         // last one) and the whole table is current at once.
@@ -203,6 +217,12 @@ export class Volume {
     return target;
   }
 
+  private readCopy(offset: number, length: number): Uint8Array {
+    const out = new Uint8Array(length);
+    this.memory.read(offset, out);
+    return out;
+  }
+
   /** Reads `target.length` bytes at `offset` into `target`. */
   readInto(offset: number, target: Uint8Array): Uint8Array {
     this.checkOpen('read');
@@ -219,7 +239,8 @@ export class Volume {
   writeSync(offset: number, data: Uint8Array): void {
     this.checkWrite(offset, data);
     if (data.length === 0) return;
-    this.image?.write(offset, data);
+    // The file first: if it fails, memory (what reads return) is untouched, and the file is put back from it.
+    this.image?.write(offset, data, (length) => this.readCopy(offset, length));
     this.memory.write(offset, data);
     this.table.invalidate(Math.floor(offset / this.segmentSize), Math.floor((offset + data.length - 1) / this.segmentSize));
   }
@@ -233,7 +254,7 @@ export class Volume {
   writeZeroesSync(offset: number, length: number): void {
     this.check('write zeroes to', offset, length);
     if (length === 0) return;
-    this.image?.zero(offset, length);
+    this.image?.zero(offset, length, (at, n) => this.readCopy(at, n));
     this.memory.fill(offset, length, 0);
     this.table.invalidate(Math.floor(offset / this.segmentSize), Math.floor((offset + length - 1) / this.segmentSize));
   }
@@ -359,12 +380,20 @@ export class Volume {
     await this.settle(options);
   }
 
-  /** Flushes and closes the image, detaches from the pool. Idempotent. */
-  async close(): Promise<void> {
+  /** Flushes and closes the image, detaches from the pool, and saves the codes if asked. Idempotent. */
+  async close(options: CloseOptions = {}): Promise<void> {
     if (this.isClosed) return;
     this.isClosed = true;
     await this.releasePool();
     await this.image?.close();
+    if (options.saveCodes && this.image) {
+      const { codes, valid } = this.table.snapshot();
+      const body = new Uint8Array(codes.length + valid.length);
+      body.set(codes);
+      body.set(valid, codes.length);
+      const stat = fs.statSync(this.image.path);
+      saveState(path.dirname(this.image.path), this.name, 'codes', { segmentCount: this.segmentCount, imageSize: stat.size, imageMtimeMs: stat.mtimeMs, body });
+    }
   }
 
   private async releasePool(): Promise<void> {
@@ -395,4 +424,13 @@ export class Volume {
   private checkOpen(what: string): void {
     if (this.isClosed) throw errors.CLOSED(`Cannot ${what} volume '${this.name}': it is closed`);
   }
+}
+
+/** Takes the codes saved at a clean stop as current, if the file checks and the image is unchanged since. */
+function loadSavedCodes(table: CodeTable, dir: string, name: string, image: ImageFile): void {
+  const saved = loadState(dir, name, 'codes', { segmentCount: table.segmentCount, bodyBytes: table.segmentCount * (table.codeBytes + 1) });
+  if (!saved) return;
+  const stat = fs.statSync(image.path);
+  if (saved.imageSize !== stat.size || saved.imageMtimeMs !== stat.mtimeMs) return;
+  table.restore(saved.body.subarray(0, table.segmentCount * table.codeBytes), saved.body.subarray(table.segmentCount * table.codeBytes));
 }
