@@ -212,11 +212,13 @@ export class Pair {
         // Not mirrored: apply locally and record what the secondary now lacks.
         const rest = data.subarray(done);
         try {
+          // The new generation is saved before a byte is applied: if that fails, nothing changed.
+          this.diverge();
           this.volume.writeSync(offset + done, rest);
         } catch (e) {
           throw this.diskFailure(e);
         }
-        this.recordUnmirrored(offset + done, rest.length);
+        this.oos.markRange(offset + done, rest.length);
         break;
       }
       const chunk = data.subarray(done, done + n);
@@ -264,13 +266,14 @@ export class Pair {
     this.writes++;
     const how = await this.admit(0);
     try {
+      if (how === 'record') this.diverge();
       this.volume.writeZeroesSync(offset, length);
     } catch (e) {
       if (how === 'mirror') this.channel.unreserve(this.channel.recordBytes(0));
       throw this.diskFailure(e);
     }
     let seq = -1;
-    if (how === 'record') this.recordUnmirrored(offset, length);
+    if (how === 'record') this.oos.markRange(offset, length);
     else seq = this.channel.appendZeroes(this.index, offset, length);
     await this.complete(seq, this.mode === 'sync' || options.fua === true);
     if (options.fua) await this.flushHere();
@@ -401,13 +404,12 @@ export class Pair {
   }
 
   /**
-   * Records a write this primary completes without the secondary; the first
-   * one since the sides agreed starts a new generation, saved before the
-   * write completes.
+   * A write is about to complete without the secondary: the first one since
+   * the sides agreed starts a new generation, saved before the write is
+   * applied (so a failure to save it fails the write with nothing changed).
    */
-  private recordUnmirrored(offset: number, length: number): void {
-    this.oos.markRange(offset, length);
-    if (length > 0 && this.metadata.gen === this.metadata.oosBase) this.saveMeta(nextGeneration(this.metadata));
+  private diverge(): void {
+    if (this.metadata.gen === this.metadata.oosBase) this.saveMeta(nextGeneration(this.metadata));
   }
 
   private saveMeta(meta: VolumeMetadata): void {
