@@ -54,7 +54,8 @@ export function readRecord(block: Uint8Array): number {
 export class DependentChain {
   next = 1;
   private readonly targets: ChainTarget[];
-  private readonly blocks: number;
+  /** Blocks of each volume the chain uses (from offset 0). */
+  readonly blocks: number;
   private readonly scratch = new Uint8Array(recordBytes);
   private running: Promise<void> | undefined;
   private stopRequested = false;

@@ -17,7 +17,8 @@ import { ControlServer } from '../engine/control-server.ts';
 import type { GroupEvent } from '../engine/member.ts';
 import { FaultProxy } from '../bench/fault-proxy.ts';
 import { exited, freePort, startCli, tempDir } from './helpers.ts';
-import { recordBytes, type ChainTarget } from '../bench/dependent-writes.ts';
+import { checkCut, recordBytes, type ChainTarget, type DependentChain } from '../bench/dependent-writes.ts';
+import * as assert from 'uvu/assert';
 
 export interface GroupSetup {
   dir: string;
@@ -137,4 +138,79 @@ export async function until(condition: () => boolean, timeoutMs: number, what: (
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what()}`);
     await new Promise((r) => setTimeout(r, 2));
   }
+}
+
+const faults = ['destroy', 'mid-frame', 'stall', 'cut', 'kill'] as const;
+export type Fault = (typeof faults)[number];
+
+function inject(g: GroupSetup, fault: Fault, channel: number, random: () => number): void {
+  const proxy = g.proxies[channel]!;
+  proxy.refuse(true); // the link stays down until the check is done
+  if (fault === 'destroy' || fault === 'cut') proxy.cut();
+  else if (fault === 'mid-frame') proxy.cutAfter(1 + Math.floor(random() * 6000));
+  else if (fault === 'stall') proxy.stall(true);
+  else void g.killSecondaryProcess();
+}
+
+async function heal(g: GroupSetup, fault: Fault, channel: number): Promise<void> {
+  const proxy = g.proxies[channel]!;
+  if (fault === 'kill') await g.restartSecondaryProcess();
+  proxy.stall(false);
+  proxy.cut();
+  proxy.cutAfter(-1);
+  proxy.refuse(false);
+}
+
+/** Every member froze before any member ran, and the controller sent no RUN before every FREEZE was acknowledged or its member declared lost. */
+function checkOrder(member: GroupEvent[], controller: GroupEvent[], members: number, label: string): void {
+  const runs = member.filter((e) => e.event === 'run');
+  assert.ok(runs.length > 0, `${label}: the members ran`);
+  const firstRun = Math.min(...runs.map((e) => e.t));
+  const frozen = new Map<string, number>();
+  for (const e of member) if (e.event === 'frozen' && !frozen.has(e.member!)) frozen.set(e.member!, e.t);
+  assert.is(frozen.size, members, `${label}: every member froze (${[...frozen.keys()].join(', ')})`);
+  for (const [name, t] of frozen) assert.ok(t < firstRun, `${label}: member ${name} froze ${(t - firstRun).toFixed(3)} ms after the first RUN`);
+  const runSent = controller.findIndex((e) => e.event === 'run-sent');
+  const settled = controller.slice(0, runSent).filter((e) => e.event === 'freeze-acked' || e.event === 'member-declared-lost');
+  assert.is(new Set(settled.map((e) => e.member)).size, members, `${label}: every FREEZE acknowledged (or its member declared lost) before the first RUN`);
+}
+
+
+/**
+ * One fault of the seeded consistency tests: wait until the group mirrors,
+ * inject `fault` (or one chosen by `random`: a socket destroyed, cut
+ * mid-frame, acknowledgements stalled, the link cut; 'kill' kills the
+ * secondary process) into one channel while the dependent chain runs, wait
+ * until the group froze and ran, let writes go on locally, then check the
+ * secondary images are a consistent cut and that every member froze before
+ * any ran; heal. Returns the fault.
+ */
+export async function faultCycle(g: GroupSetup, chain: DependentChain, random: () => number, label: string, forced?: Fault): Promise<Fault> {
+  await until(
+    () => g.controller!.phase === 'mirroring' && g.primaries.every((p) => p.pairs.every((x) => x.state === 'duplex')),
+    20_000,
+    () => `${label}: the group mirroring again (${g.controller!.phase}, ${g.primaries.map((p) => p.pairs.map((x) => x.state).join('/')).join(' ')})`,
+  );
+  const fault: Fault = forced ?? faults[Math.floor(random() * 4)]!;
+  const channel = fault === 'kill' ? 0 : random() < 0.5 ? 0 : 1;
+  const memberMark = g.memberEvents.length;
+  const controllerMark = g.controllerEvents.length;
+  const faultAt = chain.next + 1 + Math.floor(random() * 24);
+  let injected = false;
+  chain.start((seq) => {
+    if (seq === faultAt && !injected) {
+      injected = true;
+      inject(g, fault, channel, random);
+    }
+  });
+  await until(() => injected && g.controller!.phase === 'suspended', 20_000, () => `${label}: ${fault} on channel ${channel} froze and ran the group (phase ${g.controller!.phase})`);
+  // Writes go on, completing locally, recorded.
+  const resumeAt = chain.next + 4;
+  await until(() => chain.next >= resumeAt, 10_000, () => `${label}: writes complete after RUN`);
+  await chain.stop();
+  const report = checkCut(g.secondaryImages(), chain.blocks);
+  assert.equal(report.violations.slice(0, 5), [], `${label}: ${fault} on channel ${channel}: the secondaries are not a consistent cut at record ${report.newest}`);
+  checkOrder(g.memberEvents.slice(memberMark), g.controllerEvents.slice(controllerMark), 2, label);
+  await heal(g, fault, channel);
+  return fault;
 }
