@@ -203,6 +203,7 @@ export class Pair {
   async write(offset: number, data: Uint8Array, options: WriteOptions = {}): Promise<void> {
     this.volume.checkWrite(offset, data);
     if (data.length === 0) return;
+    this.checkDisk('write to');
     this.writes++;
     const flags = options.fua ? WriteFlag.fua : 0;
     let last = -1;
@@ -245,10 +246,19 @@ export class Pair {
   }
 
   /**
+   * After the image failed, every write and flush fails at once: a write
+   * that completed here alone could break a group's cut, and one that
+   * failed half way has already been reported.
+   */
+  private checkDisk(what: string): void {
+    if (this.diskError) throw errors.IO(`Cannot ${what} volume '${this.name}': its image failed earlier (${this.diskError.message}); restart the primary, the secondary holds the last good copy`);
+  }
+
+  /**
    * The image under this volume failed (ENOSPC, EIO): the write or flush
    * that hit it fails with BM_ERR_IO, and the pair stops mirroring
-   * (`suspended`, an event says why) until the primary is restarted: the
-   * secondary then holds the last good copy.
+   * (`suspended`, an event says why) and fails every later write until the
+   * primary is restarted: the secondary then holds the last good copy.
    */
   private diskFailure(e: unknown): unknown {
     if ((e as { code?: string }).code !== 'BM_ERR_IO') return e;
@@ -263,6 +273,7 @@ export class Pair {
   async writeZeroes(offset: number, length: number, options: WriteOptions = {}): Promise<void> {
     this.volume.checkZeroes(offset, length);
     if (length === 0) return;
+    this.checkDisk('write zeroes to');
     this.writes++;
     const how = await this.admit(0);
     try {
@@ -287,6 +298,7 @@ export class Pair {
 
   /** Makes every completed write durable here and, while mirroring, on the secondary. */
   async flush(): Promise<void> {
+    this.checkDisk('flush');
     try {
       await this.volume.flush();
     } catch (e) {
@@ -412,9 +424,10 @@ export class Pair {
     if (this.metadata.gen === this.metadata.oosBase) this.saveMeta(nextGeneration(this.metadata));
   }
 
+  /** Saves `meta`, and only once it is durable takes it as current (a failed save changes nothing). */
   private saveMeta(meta: VolumeMetadata): void {
-    this.metadata = meta;
     if (this.dir) saveMetadata(this.dir, meta);
+    this.metadata = meta;
   }
 
   setState(to: PairState, reason?: string): void {

@@ -201,7 +201,13 @@ export class Primary {
       ),
     );
     // Serving from now on: a crash must not leave the saved state trusted.
-    for (const p of pairs) p.startServing();
+    try {
+      for (const p of pairs) p.startServing();
+    } catch (e) {
+      await channel.stop();
+      for (const v of volumes) await v.close().catch(() => {});
+      throw e;
+    }
     primary = new Primary(name, options.mirror, mode, channel, member, pairs, fresh);
     for (const f of early) f();
     channel.connect();

@@ -84,8 +84,9 @@ export class ResyncTarget {
       if (this.dir && fs.existsSync(undoPath(this.dir, this.volume.name))) this.openUndo();
       return;
     }
-    // An image created here that never held a consistent copy has nothing worth keeping: no undo log.
-    const worthKeeping = !this.created || this.meta?.consistent === true;
+    // Only an image that holds a complete copy of something (consistent, or of unknown history: a
+    // restored backup) is worth keeping; one whose first copy never finished gets no undo log.
+    const worthKeeping = this.meta ? this.meta.consistent : !this.created;
     // From now on this image is a target (an old primary returning is one too), and a log left by
     // an earlier, finished or abandoned resync must not be taken for this one's.
     this.undo?.remove();
@@ -180,8 +181,9 @@ export class ResyncTarget {
     return { ...freshMetadata({ name: v.name, size: v.size, blockSize: v.blockSize, segmentSize: v.segmentSize, code: v.algorithm }, 'secondary'), gen: newGen() };
   }
 
+  /** Saves `meta`, and only once it is durable takes it as current. */
   private save(meta: VolumeMetadata): void {
-    this.meta = meta;
     if (this.dir) saveMetadata(this.dir, meta);
+    this.meta = meta;
   }
 }

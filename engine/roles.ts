@@ -126,7 +126,9 @@ export function checkDemotable(options: RoleOptions): { names: string[]; metas: 
     }
     const map = new OutOfSyncMap(meta.size, meta.segmentSize);
     const saved = meta.clean ? loadState(options.dir, name, 'oos', { segmentCount: map.segmentCount, bodyBytes: map.byteLength }) : undefined;
-    if (!saved) throw errors.ROLE(`Cannot demote volume '${name}': it was not stopped cleanly, so what its secondary lacks is not known; ${lacking}`);
+    if (!saved) {
+      throw errors.ROLE(`Cannot demote volume '${name}': what its secondary lacks is not known (it was not stopped cleanly, or its map had a gap since a crash); ${lacking}`);
+    }
     map.addBytes(saved.body);
     if (map.size > 0) throw errors.ROLE(`Cannot demote volume '${name}': ${map.size} of its segments were not mirrored before it stopped; ${lacking}`);
     return meta;

@@ -222,7 +222,16 @@ export class Secondary {
     for (const s of this.sessions) s.end('secondary closing');
     await Promise.all([...this.sessions].map((s) => s.closed));
     await listening;
-    for (const t of this.targets.values()) await t.stop();
+    // One volume failing to stop (its disk) must not leave the others unsynced.
+    let failure: unknown;
+    for (const t of this.targets.values()) {
+      try {
+        await t.stop();
+      } catch (e) {
+        failure ??= e;
+      }
+    }
     this.targets.clear();
+    if (failure) throw failure;
   }
 }

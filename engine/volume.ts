@@ -431,6 +431,7 @@ function loadSavedCodes(table: CodeTable, dir: string, name: string, image: Imag
   const saved = loadState(dir, name, 'codes', { segmentCount: table.segmentCount, bodyBytes: table.segmentCount * (table.codeBytes + 1) });
   if (!saved) return;
   const stat = fs.statSync(image.path);
-  if (saved.imageSize !== stat.size || saved.imageMtimeMs !== stat.mtimeMs) return;
+  // Whole milliseconds: runtimes report modification times with different precision.
+  if (saved.imageSize !== stat.size || Math.floor(saved.imageMtimeMs) !== Math.floor(stat.mtimeMs)) return;
   table.restore(saved.body.subarray(0, table.segmentCount * table.codeBytes), saved.body.subarray(table.segmentCount * table.codeBytes));
 }
