@@ -137,14 +137,22 @@ export function parseMetadata(bytes: Uint8Array, file: string, name: string): Vo
 
 /** Writes `meta` to `DIR/NAME.meta` so that a crash leaves the old or the new version, whole. */
 export function saveMetadata(dir: string, meta: VolumeMetadata): void {
-  const file = metadataPath(dir, meta.name);
   const body = JSON.stringify(meta, null, 1) + '\n';
   const text = `${magic} ${formatVersion} sha256=${crypto.createHash('sha256').update(body).digest('hex')}\n${body}`;
+  writeFileAtomic(dir, metadataPath(dir, meta.name), new TextEncoder().encode(text), 'metadata');
+}
+
+/**
+ * Writes `bytes` to `file` (in `dir`) so that a crash leaves the old or the
+ * new content, whole: a temporary file, synced, renamed over the old one,
+ * then the directory synced.
+ */
+export function writeFileAtomic(dir: string, file: string, bytes: Uint8Array, what: string): void {
   const tmp = `${file}.tmp`;
   try {
     const fd = fs.openSync(tmp, 'w');
     try {
-      fs.writeSync(fd, text);
+      for (let done = 0; done < bytes.length; ) done += fs.writeSync(fd, bytes, done, bytes.length - done);
       fs.fdatasyncSync(fd);
     } finally {
       fs.closeSync(fd);
@@ -152,10 +160,9 @@ export function saveMetadata(dir: string, meta: VolumeMetadata): void {
     fs.renameSync(tmp, file);
     syncDirectory(dir);
   } catch (e) {
-    throw errors.IO(`Cannot save metadata '${file}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    throw errors.IO(`Cannot save ${what} '${file}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
 }
-
 /** Makes a rename in `dir` durable. Not every file system lets a directory be synced; that is not an error. */
 export function syncDirectory(dir: string): void {
   let fd: number | undefined;

@@ -21,7 +21,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { errors } from './errors.ts';
-import { syncDirectory } from './metadata.ts';
+import { writeFileAtomic } from './metadata.ts';
 
 const version = 1;
 const headerBytes = 4 + 4 + 4 + 8 + 8 + 4 + 32;
@@ -52,20 +52,7 @@ export function saveState(dir: string, name: string, kind: SavedKind, state: Sav
   view.setUint32(28, state.body.length, true);
   out.set(crypto.createHash('sha256').update(state.body).digest(), 32);
   out.set(state.body, headerBytes);
-  const tmp = `${file}.tmp`;
-  try {
-    const fd = fs.openSync(tmp, 'w');
-    try {
-      fs.writeSync(fd, out);
-      fs.fdatasyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, file);
-    syncDirectory(dir);
-  } catch (e) {
-    throw errors.IO(`Cannot save '${file}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
+  writeFileAtomic(dir, file, out, kind === 'oos' ? 'out-of-sync map' : 'codes');
 }
 
 /**
