@@ -193,8 +193,12 @@ export async function faultCycle(g: GroupSetup, chain: DependentChain, random: (
   );
   const fault: Fault = forced ?? faults[Math.floor(random() * 4)]!;
   const channel = fault === 'kill' ? 0 : random() < 0.5 ? 0 : 1;
-  const memberMark = g.memberEvents.length;
-  const controllerMark = g.controllerEvents.length;
+  // Each cycle checks only its own events: drop the older ones, so that a long soak does not accumulate them.
+  g.memberEvents.length = 0;
+  g.controllerEvents.length = 0;
+  for (const list of g.primaryEvents) list.length = 0;
+  const memberMark = 0;
+  const controllerMark = 0;
   const faultAt = chain.next + 1 + Math.floor(random() * 24);
   let injected = false;
   chain.start((seq) => {
