@@ -5,8 +5,9 @@
  * A volume (1 GiB at full size) is attached to a secondary that holds an
  * older copy of it (a previous secondary: an older generation) in which 1%,
  * 10% or 100% of the 64 KiB segments differ. Every code is compared and only
- * the differing segments are copied. Measured from the moment the link is
- * let through until the pair is duplex:
+ * the differing segments are copied. Measured from the moment the primary,
+ * started with `connect: false`, is told to connect until the pair is
+ * duplex (connection and handshake included):
  *
  * - codes current: both sides' codes computed beforehand (the secondary's
  *   pool keeps them current while it runs, the primary settles its own);
@@ -35,7 +36,6 @@ import { newGen, saveMetadata, type VolumeMetadata } from '../engine/metadata.ts
 import { requestStatus } from '../engine/control-server.ts';
 import { runtime } from '../engine/runtime.ts';
 import { startCli } from './cli-process.ts';
-import { FaultProxy } from './fault-proxy.ts';
 import { rowsOf, type BenchContext, type Row, type SuiteResult } from './harness.ts';
 
 const segment = 64 * 1024;
@@ -101,14 +101,13 @@ export async function resync(ctx: BenchContext): Promise<SuiteResult> {
       for (const codes of ['current', 'cold'] as const) {
         let secondary: Awaited<ReturnType<typeof startCli>> | undefined;
         let primary: Primary | undefined;
-        let proxy: FaultProxy | undefined;
         let copied = 0;
         let wire = 0;
         const bench = new Bench({ name: `resync ${label} ${codes}`, iterations: rounds, time: 0, warmup: false });
         bench.add(
           `blockmirror, ${label} differ, codes ${codes}`,
           async () => {
-            proxy!.refuse(false);
+            primary!.connect();
             await primary!.waitDuplex(600_000);
           },
           {
@@ -122,9 +121,7 @@ export async function resync(ctx: BenchContext): Promise<SuiteResult> {
               spawnSync('sync');
               secondary = await startCli(['secondary', '--dir', d('s'), '--listen', 'tcp://127.0.0.1:0', '--control', 'tcp://127.0.0.1:0'], /control on (\S+)/, 120_000);
               const m = /listening on (\S+),.*control on (\S+)/.exec(secondary.output())!;
-              proxy = await FaultProxy.start(Number(m[1]!.split(':').pop()));
-              proxy.refuse(true);
-              primary = await Primary.start({ dir: d('p'), volumes: [{ name: 'v', size: volumeBytes }], mirror: proxy.url('tcp'), reconnectDelayMinMs: 1, reconnectDelayMaxMs: 2 });
+              primary = await Primary.start({ dir: d('p'), volumes: [{ name: 'v', size: volumeBytes }], mirror: m[1]!, connect: false });
               if (codes === 'current') {
                 await primary.pairs[0]!.volume.settle({ timeoutMs: 600_000 });
                 for (;;) {
@@ -136,17 +133,16 @@ export async function resync(ctx: BenchContext): Promise<SuiteResult> {
             },
             afterEach: async () => {
               copied = primary!.pairs[0]!.progress?.bytesCopied ?? -1;
-              wire = proxy!.bytesUp;
+              wire = primary!.status().recordBytes;
               await primary!.close();
               secondary!.kill('SIGTERM');
               await new Promise((r) => secondary!.once('exit', r));
-              await proxy!.close();
             },
           },
         );
         await bench.run();
         const row = rowsOf(bench)[0]!;
-        row.note = `${changed} of ${volumeBytes / segment} segments differ; copied ${(copied / 2 ** 20).toFixed(1)} MiB, ${(wire / 2 ** 20).toFixed(1)} MiB on the wire`;
+        row.note = `${changed} of ${volumeBytes / segment} segments differ; copied ${(copied / 2 ** 20).toFixed(1)} MiB, ${(wire / 2 ** 20).toFixed(1)} MiB of records sent`;
         medians[codes] = row;
         result.rows.push(row);
       }

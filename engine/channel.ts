@@ -65,6 +65,8 @@ export class Channel {
   readonly payloadBytesMax: number;
   /** Sequence number the next record will get. */
   nextSeq = 1;
+  /** Bytes of every record queued for the secondary since the start, frame prefix and header included. */
+  sentRecordBytes = 0;
   lastError: BlockmirrorError | undefined;
   private readonly worker: WorkerHandle;
   private readonly events: ChannelEvents;
@@ -271,6 +273,7 @@ export class Channel {
     if (at < 0) throw errors.ASSERTION(`Invariant broken: journal reserve of ${bytes} bytes failed after room was granted`);
     writeFrame(this.journal.ring, this.journal.ringView, at, packed, payload);
     this.journal.commit(bytes);
+    this.sentRecordBytes += bytes;
     this.nextSeq = (seq + 1) >>> 0;
     return seq;
   }

@@ -59,6 +59,11 @@ export interface CodeSnapshot {
   valid: Uint8Array;
 }
 
+/** A word view of `bytes` when it is 4-byte aligned, else undefined. */
+function wordsOf(bytes: Uint8Array, words: number): Uint32Array | undefined {
+  return bytes.byteOffset % 4 === 0 ? new Uint32Array(bytes.buffer, bytes.byteOffset, words) : undefined;
+}
+
 export class CodeTable {
   readonly algorithm: CodeAlgorithm;
   readonly segmentCount: number;
@@ -69,6 +74,8 @@ export class CodeTable {
   readonly codes: Uint8Array;
   readonly dirty: Int32Array;
   private readonly codeView: DataView;
+  /** The codes as 32-bit words (every code size is a multiple of 4): copied a word at a time, not by subarray. */
+  private readonly codeWords: Uint32Array;
   private readonly shared: SharedCodeTable;
 
   private constructor(shared: SharedCodeTable) {
@@ -82,6 +89,7 @@ export class CodeTable {
     this.codes = new Uint8Array(shared.codes);
     this.dirty = new Int32Array(shared.dirty);
     this.codeView = new DataView(shared.codes);
+    this.codeWords = new Uint32Array(shared.codes);
   }
 
   /** A table with every code invalid: generation 1, validGeneration 0. */
@@ -182,7 +190,8 @@ export class CodeTable {
    * one of them is valid.
    */
   copyRange(first: number, count: number, codes: Uint8Array, valid: Uint8Array): boolean {
-    const size = this.codeBytes;
+    const words = this.codeBytes >>> 2;
+    const out = wordsOf(codes, count * words);
     let all = true;
     for (let i = 0; i < count; i++) {
       const s = first + i;
@@ -192,7 +201,7 @@ export class CodeTable {
         all = false;
         continue;
       }
-      codes.set(this.codes.subarray(s * size, (s + 1) * size), i * size);
+      this.copyCode(s, codes, out, i);
       if (Atomics.load(this.validGeneration, s) === g && Atomics.load(this.generation, s) === g) valid[i] = 1;
       else all = false;
     }
@@ -202,13 +211,24 @@ export class CodeTable {
   snapshot(): CodeSnapshot {
     const size = this.codeBytes;
     const codes = new Uint8Array(this.segmentCount * size);
+    const out = wordsOf(codes, this.segmentCount * (size >>> 2));
     const valid = new Uint8Array(this.segmentCount);
     for (let s = 0; s < this.segmentCount; s++) {
       const g = Atomics.load(this.generation, s);
       if (Atomics.load(this.validGeneration, s) !== g) continue;
-      codes.set(this.codes.subarray(s * size, (s + 1) * size), s * size);
+      this.copyCode(s, codes, out, s);
       if (Atomics.load(this.validGeneration, s) === g && Atomics.load(this.generation, s) === g) valid[s] = 1;
     }
     return { algorithm: this.algorithm, codes, valid };
+  }
+
+  /** Copies the code of segment `s` to slot `i` of `codes` (through `words`, its word view, when it has one). */
+  private copyCode(s: number, codes: Uint8Array, words: Uint32Array | undefined, i: number): void {
+    const n = this.codeBytes >>> 2;
+    if (words) {
+      for (let k = 0; k < n; k++) words[i * n + k] = this.codeWords[s * n + k]!;
+    } else {
+      codes.set(this.codes.subarray(s * this.codeBytes, (s + 1) * this.codeBytes), i * this.codeBytes);
+    }
   }
 }

@@ -43,6 +43,12 @@ export interface PrimaryOptions extends Omit<ChannelOptions, 'url' | 'hello' | '
   name?: string;
   /** Largest bytes per second a resync copies, per volume. Default: unpaced. */
   resyncRateBytesPerSec?: number;
+  /**
+   * False: open the volumes and serve writes (recorded as out of sync, the
+   * pairs `suspended`) without contacting the secondary until `connect()`
+   * is called. Default true: connect at once.
+   */
+  connect?: boolean;
 }
 
 export type PrimaryEvent = PairEvent | GroupEvent | { type: 'link'; status: 'connected' | 'failed'; url: string; code?: string; message?: string; lostRecords?: number; at: string };
@@ -73,6 +79,8 @@ export interface PrimaryStatus {
   journalBytes: number;
   ackedSeq: number;
   nextSeq: number;
+  /** Bytes of every record queued for the secondary since the start, frame prefix and header included. */
+  recordBytes: number;
   lastError?: { code: string; message: string };
   /** The consistency group, once a controller has joined this primary. */
   group?: { name: string; phase: string; policy: string; controllerConnected: boolean; epoch: number };
@@ -90,6 +98,9 @@ export class Primary {
   private readonly fresh: boolean[];
   private contacts = 0;
   private isClosed = false;
+  private connecting = false;
+  /** Callers of `waitDuplex`: `check` runs on every state event (true: done), `fail` on close. */
+  private stateWaiters: Array<{ check: () => boolean; fail: (e: Error) => void }> = [];
   /** Throughput: bytes mirrored per pair at the last sample, and the rate since. */
   private readonly sampled: number[];
   private readonly rates: number[];
@@ -210,8 +221,16 @@ export class Primary {
     }
     primary = new Primary(name, options.mirror, mode, channel, member, pairs, fresh);
     for (const f of early) f();
-    channel.connect();
+    if (options.connect !== false) primary.connect();
     return primary;
+  }
+
+  /** Starts mirroring, for a primary started with `connect: false`; later calls do nothing. */
+  connect(): void {
+    if (this.isClosed) throw errors.CLOSED(`Cannot connect primary ${this.name}: it is closed`);
+    if (this.connecting) return;
+    this.connecting = true;
+    this.channel.connect();
   }
 
   /** The pair of volume `name`: read, write, writeZeroes, trim, flush. */
@@ -269,14 +288,33 @@ export class Primary {
   }
 
   /** Resolves when every pair is `duplex` (or rejects with BM_ERR_TIMEOUT). */
-  async waitDuplex(timeoutMs = 30_000): Promise<void> {
-    const deadline = performance.now() + timeoutMs;
-    while (!this.pairs.every((p) => p.state === 'duplex')) {
-      if (performance.now() > deadline) {
-        throw errors.TIMEOUT(`Cannot reach duplex within ${timeoutMs} ms: ${this.pairs.map((p) => `${p.name} ${p.state}`).join(', ')}`);
-      }
-      await new Promise((r) => setTimeout(r, 5));
-    }
+  waitDuplex(timeoutMs = 30_000): Promise<void> {
+    const all = () => this.pairs.every((p) => p.state === 'duplex');
+    if (all()) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      let done = false;
+      const timer = setTimeout(() => {
+        done = true;
+        reject(errors.TIMEOUT(`Cannot reach duplex within ${timeoutMs} ms: ${this.pairs.map((p) => `${p.name} ${p.state}`).join(', ')}`));
+      }, timeoutMs);
+      // Every state change is an event: check on each, not on a poll.
+      this.stateWaiters.push({
+        check: () => {
+          if (done) return true;
+          if (!all()) return false;
+          done = true;
+          clearTimeout(timer);
+          resolve();
+          return true;
+        },
+        fail: (e) => {
+          if (done) return;
+          done = true;
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
+    });
   }
 
   /**
@@ -313,6 +351,7 @@ export class Primary {
       journalBytes: this.channel.journal.capacity,
       ackedSeq: this.channel.ackedSeq,
       nextSeq: this.channel.nextSeq,
+      recordBytes: this.channel.sentRecordBytes,
       lastError: e ? { code: e.code, message: e.message } : undefined,
       group: g ? { name: g.group, phase: this.member.phase, policy: g.policy, controllerConnected: this.member.controllerConnected, epoch: this.member.epoch } : undefined,
       volumes: this.pairs.map((p) => ({
@@ -339,6 +378,7 @@ export class Primary {
     if (this.isClosed) return;
     this.isClosed = true;
     clearInterval(this.sampler);
+    for (const w of this.stateWaiters.splice(0)) w.fail(errors.CLOSED(`Cannot reach duplex: primary ${this.name} was closed`));
     this.member.close();
     const deadline = performance.now() + (options.drainTimeoutMs ?? 5000);
     while (this.channel.connected && this.channel.journalBytesUsed > 0 && performance.now() < deadline) {
@@ -363,6 +403,7 @@ export class Primary {
 
   private emit(event: PrimaryEvent): void {
     for (const l of this.listeners) l(event);
+    if (event.type === 'state' && this.stateWaiters.length) this.stateWaiters = this.stateWaiters.filter((w) => !w.check());
   }
 
   private onConnected(welcome: VolumeWelcome[]): void {

@@ -244,4 +244,58 @@ test('a secondary image of another size is refused with BM_ERR_MISMATCH and left
   }
 });
 
+test('a primary started with connect: false writes locally and mirrors nothing until connect(); then it resyncs to duplex', async () => {
+  const { dir, cleanup } = tempDir('bm-deferred-');
+  try {
+    const secondary = await Secondary.start({ dir: path.join(dir, 's'), listen: ['tcp://127.0.0.1:0'] });
+    const primary = await Primary.start({ dir: path.join(dir, 'p'), volumes: [{ name: 'db', size: 256 * KiB }], mirror: secondary.urls[0]!, pool: 'none', connect: false });
+    const events: PrimaryEvent[] = [];
+    primary.onEvent((e) => events.push(e));
+    const db = primary.volume('db');
+    const data = randomBytes(prng(testSeed()), 64 * KiB);
+    await db.write(4 * KiB, data);
+    await new Promise((r) => setTimeout(r, 200));
+    assert.is(db.state, 'suspended', 'not mirroring before connect()');
+    assert.is(primary.status().connected, false);
+    assert.ok(primary.status().volumes[0]!.outOfSyncBytes > 0, 'the local write is recorded as out of sync');
+    assert.is(secondary.volume('db'), undefined, 'the secondary never heard of the volume');
+    assert.not.ok(events.some((e) => e.type === 'link'), 'no connection attempt');
+    const duplex = primary.waitDuplex(10_000);
+    primary.connect();
+    primary.connect(); // a second call changes nothing
+    await duplex;
+    assert.is(db.state, 'duplex');
+    assert.is(events.filter((e) => e.type === 'link' && e.status === 'connected').length, 1, 'one connection');
+    assert.ok(primary.status().recordBytes >= data.length, 'the copy was counted as record bytes sent');
+    // A write while duplex is mirrored before the clean stop.
+    await db.write(0, new Uint8Array(4 * KiB).fill(9));
+    await primary.close();
+    await secondary.close();
+    assert.equal(new Uint8Array(fs.readFileSync(path.join(dir, 's', 'db.img'))), new Uint8Array(fs.readFileSync(path.join(dir, 'p', 'db.img'))));
+    try {
+      primary.connect();
+      assert.unreachable('connect() on a closed primary must throw');
+    } catch (e) {
+      assert.is((e as { code?: string }).code, 'BM_ERR_CLOSED');
+    }
+  } finally {
+    cleanup();
+  }
+});
+
+test('waitDuplex is rejected with BM_ERR_CLOSED when the primary closes while it waits', async () => {
+  const { dir, cleanup } = tempDir('bm-waitclose-');
+  try {
+    const primary = await Primary.start({ dir: path.join(dir, 'p'), volumes: [{ name: 'db', size: 64 * KiB }], mirror: 'tcp://127.0.0.1:9', pool: 'none', connect: false });
+    const waiting = primary.waitDuplex(60_000).then(
+      () => 'resolved',
+      (e: { code?: string }) => e.code,
+    );
+    await primary.close();
+    assert.is(await waiting, 'BM_ERR_CLOSED');
+  } finally {
+    cleanup();
+  }
+});
+
 test.run();
