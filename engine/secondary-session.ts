@@ -28,6 +28,7 @@ import { FrameDecoder, type Frame } from './frame-decoder.ts';
 import { FrameEncoder } from './frame-encoder.ts';
 import { FrameType, WriteFlag } from './frame.ts';
 import type { Link } from './link.ts';
+import { setImmediate } from 'node:timers';
 import type { ResyncTarget } from './resync-target.ts';
 import type { SourceGeneration, ResyncPlan } from './resync-plan.ts';
 import { decodeJson, encodeJson } from './json-payload.ts';
@@ -80,6 +81,7 @@ export class SecondarySession {
   private targets: ResyncTarget[] = [];
   private expectedSeq = 0;
   private ackedSeq = 0;
+  private ackScheduled = false;
   /** Sequence numbers of barriers not yet done, in order. */
   private readonly barriers: number[] = [];
   /** Codes requests are answered one after another, in order. */
@@ -99,7 +101,14 @@ export class SecondarySession {
     });
     link.onData((chunk) => {
       this.decoder.feed(chunk);
-      this.maybeAck();
+      // One acknowledgement for every chunk read in this turn of the event loop, not one per chunk:
+      // when records arrive faster than they are applied, the socket delivers several chunks per turn.
+      if (this.ackScheduled) return;
+      this.ackScheduled = true;
+      setImmediate(() => {
+        this.ackScheduled = false;
+        this.maybeAck();
+      });
     });
     link.onClose(() => this.finish());
     this.handshakeTimer = setTimeout(() => this.refuse(errors.AUTH(`Cannot accept primary ${link.remote}: no hello within ${handshakeTimeoutMs} ms`)), handshakeTimeoutMs);
