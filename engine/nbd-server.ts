@@ -117,27 +117,45 @@ function serve(socket: net.Socket, exports: Map<string, NbdTarget>, readOnly: bo
   const transmissionFlags = () =>
     NBD.tHasFlags | NBD.tSendFlush | NBD.tSendFua | NBD.tSendTrim | NBD.tSendWriteZeroes | NBD.tCanMultiConn | (readOnly ? NBD.tReadOnly : 0);
 
-  // Replies completed in the same turn of the event loop leave in one write:
-  // the socket is corked at the first and uncorked on the next tick.
-  let corked = false;
-  const uncork = () => {
-    corked = false;
-    socket.uncork();
+  // Replies completed in the same turn of the event loop are gathered in one
+  // buffer and leave in one write on the next tick (one socket write per
+  // turn, not one per reply). A reply carrying much data goes on its own,
+  // after those gathered before it.
+  const gatherBytes = 64 * 1024;
+  const gathered = new Uint8Array(gatherBytes);
+  const gatheredView = new DataView(gathered.buffer);
+  let gatheredLength = 0;
+  let sendScheduled = false;
+  const sendGathered = () => {
+    sendScheduled = false;
+    if (gatheredLength === 0 || phase === 'closed') return;
+    socket.write(gathered.slice(0, gatheredLength));
+    gatheredLength = 0;
   };
   const reply = (handle: Uint8Array, error: number, data?: Uint8Array) => {
     if (phase === 'closed') return;
-    if (!corked) {
-      corked = true;
-      socket.cork();
-      process.nextTick(uncork);
+    const bytes = 16 + (data ? data.length : 0);
+    if (bytes > gatherBytes - gatheredLength) sendGathered();
+    if (bytes > gatherBytes) {
+      const out = new Uint8Array(bytes);
+      const v = new DataView(out.buffer);
+      v.setUint32(0, NBD.simpleReplyMagic);
+      v.setUint32(4, error);
+      out.set(handle, 8);
+      out.set(data!, 16);
+      socket.write(out);
+      return;
     }
-    const header = new Uint8Array(16 + (data ? data.length : 0));
-    const v = new DataView(header.buffer);
-    v.setUint32(0, NBD.simpleReplyMagic);
-    v.setUint32(4, error);
-    header.set(handle, 8);
-    if (data) header.set(data, 16);
-    socket.write(header);
+    const at = gatheredLength;
+    gatheredView.setUint32(at, NBD.simpleReplyMagic);
+    gatheredView.setUint32(at + 4, error);
+    gathered.set(handle, at + 8);
+    if (data) gathered.set(data, at + 16);
+    gatheredLength += bytes;
+    if (!sendScheduled) {
+      sendScheduled = true;
+      process.nextTick(sendGathered);
+    }
   };
 
   const handleOption = (option: number, data: Uint8Array): void => {
@@ -211,18 +229,25 @@ function serve(socket: net.Socket, exports: Map<string, NbdTarget>, readOnly: bo
     const t = target!;
     const fua = (flags & NBD.cmdFlagFua) !== 0;
     const past = offset + length > t.size;
-    const finish = (p: Promise<unknown>, data?: () => Uint8Array) => {
+    const settled = () => {
+      inFlight--;
+      if (paused && inFlight < requestsInFlightMax / 2) {
+        paused = false;
+        socket.resume();
+      }
+    };
+    const finish = (p: Promise<unknown>) => {
       inFlight++;
       p.then(
-        () => reply(handle, 0, data?.()),
-        (e) => reply(handle, errnoOf(e)),
-      ).finally(() => {
-        inFlight--;
-        if (paused && inFlight < requestsInFlightMax / 2) {
-          paused = false;
-          socket.resume();
-        }
-      });
+        () => {
+          settled();
+          reply(handle, 0);
+        },
+        (e) => {
+          settled();
+          reply(handle, errnoOf(e));
+        },
+      );
       if (inFlight >= requestsInFlightMax && !paused) {
         paused = true;
         socket.pause();
@@ -235,6 +260,15 @@ function serve(socket: net.Socket, exports: Map<string, NbdTarget>, readOnly: bo
       case NBD.cmdWrite:
         if (readOnly) return reply(handle, NBD.EPERM);
         if (past) return reply(handle, NBD.ENOSPC);
+        if (t.writeSync && !fua) {
+          // Complete at once (a plain volume): applied from the input queue's view, no copy.
+          try {
+            t.writeSync(offset, payload!);
+          } catch (e) {
+            return reply(handle, errnoOf(e));
+          }
+          return reply(handle, 0);
+        }
         // The payload view aliases the input queue: copy it before the next chunk arrives.
         return finish(t.write(offset, payload!.slice(), { fua }));
       case NBD.cmdWriteZeroes:

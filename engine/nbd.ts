@@ -73,6 +73,12 @@ export interface NbdTarget {
   readonly blockSize?: number;
   read(offset: number, length: number): Uint8Array;
   write(offset: number, data: Uint8Array, options?: { fua?: boolean }): Promise<void>;
+  /**
+   * For a target whose writes complete at once (a plain volume): the write,
+   * done before it returns, `data` not kept. A mirrored pair has none: its
+   * writes complete when the secondary has them.
+   */
+  writeSync?(offset: number, data: Uint8Array): void;
   writeZeroes(offset: number, length: number, options?: { fua?: boolean }): Promise<void>;
   trim(offset: number, length: number): Promise<void>;
   flush(): Promise<void>;
