@@ -225,34 +225,36 @@ function serve(socket: net.Socket, exports: Map<string, NbdTarget>, readOnly: bo
     }
   };
 
+  const settled = () => {
+    inFlight--;
+    if (paused && inFlight < requestsInFlightMax / 2) {
+      paused = false;
+      socket.resume();
+    }
+  };
+  /** Replies to `handle` once `p` settles; the socket pauses while too many requests are in flight. */
+  const finishLater = (handle: Uint8Array, p: Promise<unknown>) => {
+    inFlight++;
+    p.then(
+      () => {
+        settled();
+        reply(handle, 0);
+      },
+      (e) => {
+        settled();
+        reply(handle, errnoOf(e));
+      },
+    );
+    if (inFlight >= requestsInFlightMax && !paused) {
+      paused = true;
+      socket.pause();
+    }
+  };
+
   const start = (type: number, flags: number, handle: Uint8Array, offset: number, length: number, payload?: Uint8Array) => {
     const t = target!;
     const fua = (flags & NBD.cmdFlagFua) !== 0;
     const past = offset + length > t.size;
-    const settled = () => {
-      inFlight--;
-      if (paused && inFlight < requestsInFlightMax / 2) {
-        paused = false;
-        socket.resume();
-      }
-    };
-    const finish = (p: Promise<unknown>) => {
-      inFlight++;
-      p.then(
-        () => {
-          settled();
-          reply(handle, 0);
-        },
-        (e) => {
-          settled();
-          reply(handle, errnoOf(e));
-        },
-      );
-      if (inFlight >= requestsInFlightMax && !paused) {
-        paused = true;
-        socket.pause();
-      }
-    };
     switch (type) {
       case NBD.cmdRead:
         if (past) return reply(handle, NBD.EINVAL);
@@ -270,17 +272,17 @@ function serve(socket: net.Socket, exports: Map<string, NbdTarget>, readOnly: bo
           return reply(handle, 0);
         }
         // The payload view aliases the input queue: copy it before the next chunk arrives.
-        return finish(t.write(offset, payload!.slice(), { fua }));
+        return finishLater(handle, t.write(offset, payload!.slice(), { fua }));
       case NBD.cmdWriteZeroes:
         if (readOnly) return reply(handle, NBD.EPERM);
         if (past) return reply(handle, NBD.ENOSPC);
-        return finish(t.writeZeroes(offset, length, { fua }));
+        return finishLater(handle, t.writeZeroes(offset, length, { fua }));
       case NBD.cmdTrim:
         if (readOnly) return reply(handle, NBD.EPERM);
         if (past) return reply(handle, NBD.EINVAL);
-        return finish(fua ? t.trim(offset, length).then(() => t.flush()) : t.trim(offset, length));
+        return finishLater(handle, fua ? t.trim(offset, length).then(() => t.flush()) : t.trim(offset, length));
       case NBD.cmdFlush:
-        return finish(t.flush());
+        return finishLater(handle, t.flush());
       default:
         return reply(handle, NBD.EINVAL);
     }
