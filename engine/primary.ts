@@ -291,6 +291,7 @@ export class Primary {
   waitDuplex(timeoutMs = 30_000): Promise<void> {
     const all = () => this.pairs.every((p) => p.state === 'duplex');
     if (all()) return Promise.resolve();
+    if (this.isClosed) return Promise.reject(errors.CLOSED(`Cannot reach duplex: primary ${this.name} is closed`));
     return new Promise((resolve, reject) => {
       let done = false;
       const timer = setTimeout(() => {

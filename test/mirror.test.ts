@@ -293,6 +293,11 @@ test('waitDuplex is rejected with BM_ERR_CLOSED when the primary closes while it
     );
     await primary.close();
     assert.is(await waiting, 'BM_ERR_CLOSED');
+    // And at once when it is called after the close.
+    await primary.waitDuplex(60_000).then(
+      () => assert.unreachable('waitDuplex on a closed primary must be rejected'),
+      (e: { code?: string }) => assert.is(e.code, 'BM_ERR_CLOSED'),
+    );
   } finally {
     cleanup();
   }
