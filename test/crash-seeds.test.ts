@@ -11,9 +11,10 @@
 // - at the end, after a clean stop, both images are identical and hold, for
 //   every block, a version no older than the last one acknowledged.
 //
-// BM_CRASH_SEEDS sets the number of kills (default 12 on Node, whose
-// processes start slowly under tsx, 60 on Bun, 40 on Deno: about 35 s each;
-// `npm run soak:crash` runs 300); BM_SEED replays a run from its first seed.
+// BM_CRASH_SEEDS sets the number of kills (default 24 on Node, whose
+// processes start slowly under tsx, 120 on Bun, 80 on Deno: 224 in a run of
+// the suite, about 70 s on each runtime; `npm run soak:crash` runs 300 on
+// Bun); BM_SEED replays a run from its first seed.
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'uvu';
@@ -65,7 +66,7 @@ function checkImage(file: string, acked: Int32Array, issued: Int32Array, label: 
 }
 
 test('SIGKILL of the primary, the secondary or both at seeded moments loses no acknowledged write, and the pair converges', async () => {
-  const seeds = Number(process.env.BM_CRASH_SEEDS ?? { node: 12, bun: 60, deno: 40 }[runtime]);
+  const seeds = Number(process.env.BM_CRASH_SEEDS ?? { node: 24, bun: 120, deno: 80 }[runtime]);
   const base = testSeed();
   const { dir, cleanup } = tempDir('bm-crash-seeds-');
   const d = (x: string) => path.join(dir, x);
