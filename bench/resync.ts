@@ -124,9 +124,11 @@ export async function resync(ctx: BenchContext): Promise<SuiteResult> {
               primary = await Primary.start({ dir: d('p'), volumes: [{ name: 'v', size: volumeBytes }], mirror: m[1]!, connect: false });
               if (codes === 'current') {
                 await primary.pairs[0]!.volume.settle({ timeoutMs: 600_000 });
+                const deadline = performance.now() + 600_000;
                 for (;;) {
                   const s = (await requestStatus(m[2]!)) as { volumes: Array<{ invalidCodes: number }> };
                   if (s.volumes[0]?.invalidCodes === 0) break;
+                  if (performance.now() > deadline) throw new Error('resync bench: the secondary did not make its codes current within 600 s');
                   await new Promise((r) => setTimeout(r, 20));
                 }
               }
