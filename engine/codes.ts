@@ -59,11 +59,6 @@ export interface CodeSnapshot {
   valid: Uint8Array;
 }
 
-/** A word view of `bytes` when it is 4-byte aligned, else undefined. */
-function wordsOf(bytes: Uint8Array, words: number): Uint32Array | undefined {
-  return bytes.byteOffset % 4 === 0 ? new Uint32Array(bytes.buffer, bytes.byteOffset, words) : undefined;
-}
-
 export class CodeTable {
   readonly algorithm: CodeAlgorithm;
   readonly segmentCount: number;
@@ -190,8 +185,7 @@ export class CodeTable {
    * one of them is valid.
    */
   copyRange(first: number, count: number, codes: Uint8Array, valid: Uint8Array): boolean {
-    const words = this.codeBytes >>> 2;
-    const out = wordsOf(codes, count * words);
+    const out = new Uint32Array((count * this.codeBytes) >>> 2);
     let all = true;
     for (let i = 0; i < count; i++) {
       const s = first + i;
@@ -201,34 +195,29 @@ export class CodeTable {
         all = false;
         continue;
       }
-      this.copyCode(s, codes, out, i);
+      this.copyCode(s, out, i);
       if (Atomics.load(this.validGeneration, s) === g && Atomics.load(this.generation, s) === g) valid[i] = 1;
       else all = false;
     }
+    codes.set(new Uint8Array(out.buffer));
     return all;
   }
 
   snapshot(): CodeSnapshot {
-    const size = this.codeBytes;
-    const codes = new Uint8Array(this.segmentCount * size);
-    const out = wordsOf(codes, this.segmentCount * (size >>> 2));
+    const out = new Uint32Array((this.segmentCount * this.codeBytes) >>> 2);
     const valid = new Uint8Array(this.segmentCount);
     for (let s = 0; s < this.segmentCount; s++) {
       const g = Atomics.load(this.generation, s);
       if (Atomics.load(this.validGeneration, s) !== g) continue;
-      this.copyCode(s, codes, out, s);
+      this.copyCode(s, out, s);
       if (Atomics.load(this.validGeneration, s) === g && Atomics.load(this.generation, s) === g) valid[s] = 1;
     }
-    return { algorithm: this.algorithm, codes, valid };
+    return { algorithm: this.algorithm, codes: new Uint8Array(out.buffer), valid };
   }
 
-  /** Copies the code of segment `s` to slot `i` of `codes` (through `words`, its word view, when it has one). */
-  private copyCode(s: number, codes: Uint8Array, words: Uint32Array | undefined, i: number): void {
+  /** Copies the code of segment `s` into slot `i` of `out`, a word at a time (every code size is a multiple of 4 bytes). */
+  private copyCode(s: number, out: Uint32Array, i: number): void {
     const n = this.codeBytes >>> 2;
-    if (words) {
-      for (let k = 0; k < n; k++) words[i * n + k] = this.codeWords[s * n + k]!;
-    } else {
-      codes.set(this.codes.subarray(s * this.codeBytes, (s + 1) * this.codeBytes), i * this.codeBytes);
-    }
+    for (let k = 0; k < n; k++) out[i * n + k] = this.codeWords[s * n + k]!;
   }
 }

@@ -22,13 +22,13 @@
  * applied. A flush, a write with FUA and a resync end are barriers: no
  * acknowledgement reaches past them until they are done.
  */
+import { setImmediate } from 'node:timers';
 import { errors, type BlockmirrorError } from './errors.ts';
 import { newNonce, proof, proofMatches } from './auth.ts';
 import { FrameDecoder, type Frame } from './frame-decoder.ts';
 import { FrameEncoder } from './frame-encoder.ts';
 import { FrameType, WriteFlag } from './frame.ts';
 import type { Link } from './link.ts';
-import { setImmediate } from 'node:timers';
 import type { ResyncTarget } from './resync-target.ts';
 import type { SourceGeneration, ResyncPlan } from './resync-plan.ts';
 import { decodeJson, encodeJson } from './json-payload.ts';

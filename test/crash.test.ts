@@ -28,6 +28,17 @@ async function start(dirs: { p: string; s: string }, volumeBytes = 2 << 20) {
   return { secondary, proxy, primary, events, v: primary.volume('v') };
 }
 
+/** A clean stop of the primary, the secondary and the proxy, in that order. */
+async function stop(run: Awaited<ReturnType<typeof start>>): Promise<void> {
+  await run.primary.close();
+  await run.secondary.close();
+  await run.proxy.close();
+}
+
+function assertSameImages(dirs: { p: string; s: string }): void {
+  assert.ok(fs.readFileSync(path.join(dirs.p, 'v.img')).equals(fs.readFileSync(path.join(dirs.s, 'v.img'))), 'the images are identical');
+}
+
 test('a clean stop of both sides and a start copy nothing and compare nothing', async () => {
   const seed = testSeed();
   const random = prng(seed);
@@ -37,9 +48,7 @@ test('a clean stop of both sides and a start copy nothing and compare nothing', 
     const first = await start(dirs);
     await first.primary.waitDuplex(10_000);
     await first.v.write(0, randomBytes(random, 2 << 20));
-    await first.primary.close();
-    await first.secondary.close();
-    await first.proxy.close();
+    await stop(first);
     for (const f of ['v.meta', 'v.oos', 'v.codes']) assert.ok(fs.existsSync(path.join(dirs.p, f)), `the primary saved ${f}`);
     assert.ok(fs.existsSync(path.join(dirs.s, 'v.codes')), 'the secondary saved its codes');
 
@@ -49,10 +58,8 @@ test('a clean stop of both sides and a start copy nothing and compare nothing', 
     const resyncs = second.events.filter((e): e is Extract<PairEvent, { type: 'resync' }> => e.type === 'resync');
     assert.equal(resyncs, [], 'no resync at all');
     assert.ok(second.proxy.bytesUp < 4 * KiB, `${second.proxy.bytesUp} bytes went to the secondary`);
-    await second.primary.close();
-    await second.secondary.close();
-    await second.proxy.close();
-    assert.ok(fs.readFileSync(path.join(dirs.p, 'v.img')).equals(fs.readFileSync(path.join(dirs.s, 'v.img'))));
+    await stop(second);
+    assertSameImages(dirs);
   } finally {
     cleanup();
   }
@@ -68,9 +75,7 @@ test('a corrupt saved map is never trusted: the next start compares every code i
     first.proxy.cut();
     await until(() => first.v.state === 'suspended', 5000, () => 'suspended');
     await first.v.write(3 * 65536, new Uint8Array(65536).fill(9)); // recorded in the map
-    await first.primary.close();
-    await first.secondary.close();
-    await first.proxy.close();
+    await stop(first);
     const oos = path.join(dirs.p, 'v.oos');
     const bytes = fs.readFileSync(oos);
     bytes[bytes.length - 1] ^= 0xff; // the body no longer matches its checksum
@@ -80,10 +85,8 @@ test('a corrupt saved map is never trusted: the next start compares every code i
     const done = second.events.find((e): e is Extract<PairEvent, { type: 'resync' }> => e.type === 'resync' && e.event === 'finished')!;
     assert.is(done.progress.full, true, 'every code compared');
     assert.is(done.progress.segmentsDiffering, 1, 'and the one unmirrored segment found');
-    await second.primary.close();
-    await second.secondary.close();
-    await second.proxy.close();
-    assert.ok(fs.readFileSync(path.join(dirs.p, 'v.img')).equals(fs.readFileSync(path.join(dirs.s, 'v.img'))));
+    await stop(second);
+    assertSameImages(dirs);
   } finally {
     cleanup();
   }
@@ -96,9 +99,7 @@ test('metadata that is truncated, zeroed, bit-flipped or foreign is refused with
     const first = await start(dirs, 256 * KiB);
     await first.primary.waitDuplex(10_000);
     await first.v.write(0, new Uint8Array(4096).fill(5));
-    await first.primary.close();
-    await first.secondary.close();
-    await first.proxy.close();
+    await stop(first);
     const good = { p: fs.readFileSync(path.join(dirs.p, 'v.meta')), s: fs.readFileSync(path.join(dirs.s, 'v.meta')) };
     const images = { p: fs.readFileSync(path.join(dirs.p, 'v.img')), s: fs.readFileSync(path.join(dirs.s, 'v.img')) };
     const damage: Record<string, (b: Buffer) => Buffer> = {

@@ -293,7 +293,22 @@ test('bad handshakes and requests get the error the spec prescribes or a clean c
     c.send(good);
     assert.equal(await simpleReply(c), { error: 0, handle: 9 });
     assert.equal(volume.read(100, 4), new Uint8Array([1, 2, 3, 4]));
-    c.send(request(NBD.cmdDisc, 0, 0, 10));
+    // Without FUA a write to a plain volume is applied at once; two in one send get two replies.
+    const twice = new Uint8Array(2 * (28 + 4));
+    twice.set(request(NBD.cmdWrite, 200, 4, 10));
+    twice.set([5, 6, 7, 8], 28);
+    twice.set(request(NBD.cmdWrite, 204, 4, 11), 32);
+    twice.set([9, 10, 11, 12], 60);
+    c.send(twice);
+    assert.equal(await simpleReply(c), { error: 0, handle: 10 });
+    assert.equal(await simpleReply(c), { error: 0, handle: 11 });
+    assert.equal(volume.read(200, 8), new Uint8Array([5, 6, 7, 8, 9, 10, 11, 12]));
+    // A write the volume refuses (it was closed under the export) gets ESHUTDOWN, not a crash.
+    await volume.close();
+    c.send(twice);
+    assert.equal(await simpleReply(c), { error: NBD.ESHUTDOWN, handle: 10 });
+    assert.equal(await simpleReply(c), { error: NBD.ESHUTDOWN, handle: 11 });
+    c.send(request(NBD.cmdDisc, 0, 0, 12));
     assert.ok(await c.closed(), 'DISC closes');
   } finally {
     await nbd.close();
