@@ -10,13 +10,16 @@
  * good with a stable error code: the connection is then closed, and nothing
  * of that frame (or after it) was handed on.
  *
- * The payload given to `onFrame` is a view of the staging area, valid only
+ * The payload given to `onFrame` is a view of the staging area, or of the
+ * chunk itself when the chunk lies in a kernel area (`kernelArea`, a
+ * socket's reused read buffer) and holds the whole frame: the frame is then
+ * checked where it lies, with no copy. Either way the view is valid only
  * during the call: copy it (into the volume) before returning.
  */
 import { Unpackr } from 'msgpackr';
 import { errors, type BlockmirrorError } from './errors.ts';
 import { FrameType, frameMagic, objectFrameTypes, objectPayloadFrameTypes, headerBytesMax, payloadBytesMaxDefault, prefixBytes, type FrameTypeValue } from './frame.ts';
-import { instantiateKernel, KERNEL_HEADER_BYTES, writeKernelHeader, type Kernel } from './kernel.ts';
+import { instantiateKernel, KERNEL_HEADER_BYTES, kernelMemory, kernelOf, type Kernel } from './kernel.ts';
 
 export interface Frame {
   type: FrameTypeValue;
@@ -47,13 +50,13 @@ export class FrameDecoder {
   /** Bytes the current frame needs in all (prefix until the prefix is read). */
   private need = prefixBytes;
   private failed: BlockmirrorError | undefined;
+  /** The buffer of the last chunk checked in place, and a view of it. */
+  private inPlaceBuffer: ArrayBufferLike | undefined;
+  private inPlaceView: DataView | undefined;
 
   constructor(options: FrameDecoderOptions) {
     this.payloadBytesMax = options.payloadBytesMax ?? payloadBytesMaxDefault;
-    const bytes = KERNEL_HEADER_BYTES + prefixBytes + headerBytesMax + this.payloadBytesMax + 8;
-    const pages = Math.ceil(bytes / 65536);
-    const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
-    writeKernelHeader(memory);
+    const memory = kernelMemory(prefixBytes + headerBytesMax + this.payloadBytesMax + 8);
     this.kernel = instantiateKernel(memory);
     this.staging = new Uint8Array(memory.buffer, KERNEL_HEADER_BYTES);
     this.view = new DataView(memory.buffer, KERNEL_HEADER_BYTES);
@@ -79,50 +82,91 @@ export class FrameDecoder {
   }
 
   feed(chunk: Uint8Array): void {
+    // A chunk read into a kernel area (a socket's reused read buffer) is checked where it lies: every
+    // whole frame in it is handed on without a copy, and only a frame cut by the chunk's end is staged.
+    const kernel = kernelOf(chunk.buffer);
     let at = 0;
     while (at < chunk.length && !this.failed) {
+      if (kernel && this.have === 0) {
+        const whole = this.frameInPlace(chunk, at, kernel);
+        if (whole > 0) {
+          at += whole;
+          continue;
+        }
+        if (this.failed) return;
+      }
       const n = Math.min(this.need - this.have, chunk.length - at);
       this.staging.set(at === 0 && n === chunk.length ? chunk : chunk.subarray(at, at + n), this.have);
       this.have += n;
       at += n;
       if (this.have < this.need) return;
-      if (this.have === prefixBytes && this.need === prefixBytes) this.readPrefix();
-      else this.finishFrame();
+      if (this.have === prefixBytes && this.need === prefixBytes) {
+        const need = this.checkPrefix(this.view, 0);
+        if (need !== undefined) this.need = need;
+      } else {
+        this.have = 0;
+        this.need = prefixBytes;
+        this.deliver(this.staging, this.view, 0, this.kernel, KERNEL_HEADER_BYTES);
+      }
     }
   }
 
-  private readPrefix(): void {
-    const v = this.view;
-    const magic = v.getUint32(0, true);
-    const h = v.getUint32(4, true);
-    const p = v.getUint32(8, true);
-    if (magic !== frameMagic || v.getUint32(12, true) !== 0) {
-      return this.fail(errors.FRAME_MAGIC(`Cannot read frame: bad magic 0x${magic.toString(16).padStart(8, '0')}`));
+  /**
+   * Hands on the frame at `chunk[at]` from where it lies, if the chunk holds
+   * all of it. Returns its length, or 0 when it is cut (or bad: then failed).
+   */
+  private frameInPlace(chunk: Uint8Array, at: number, kernel: Kernel): number {
+    if (chunk.length - at < prefixBytes) return 0;
+    const base = chunk.byteOffset + at;
+    if (this.inPlaceBuffer !== chunk.buffer) {
+      this.inPlaceBuffer = chunk.buffer;
+      this.inPlaceView = new DataView(chunk.buffer);
     }
-    if (h === 0 || h > headerBytesMax) return this.fail(errors.FRAME_TOO_LARGE(`Cannot read frame: header length ${h} is outside 1..${headerBytesMax}`));
-    if (p > this.payloadBytesMax) return this.fail(errors.FRAME_TOO_LARGE(`Cannot read frame: payload length ${p} is over ${this.payloadBytesMax}`));
-    this.need = (prefixBytes + h + p + 7) & ~7;
+    const view = this.inPlaceView!;
+    const need = this.checkPrefix(view, base);
+    if (need === undefined || chunk.length - at < need) return 0;
+    this.deliver(new Uint8Array(chunk.buffer), view, base, kernel, base);
+    return need;
   }
 
-  private finishFrame(): void {
-    const v = this.view;
-    const h = v.getUint32(4, true);
-    const p = v.getUint32(8, true);
-    const expected = v.getBigUint64(16, true);
-    const actual = this.kernel.xxh3(KERNEL_HEADER_BYTES + prefixBytes, h + p);
+  /** The whole length of the frame whose prefix is at `base`, or undefined (failed) when the prefix is bad. */
+  private checkPrefix(v: DataView, base: number): number | undefined {
+    const magic = v.getUint32(base, true);
+    const h = v.getUint32(base + 4, true);
+    const p = v.getUint32(base + 8, true);
+    if (magic !== frameMagic || v.getUint32(base + 12, true) !== 0) {
+      this.fail(errors.FRAME_MAGIC(`Cannot read frame: bad magic 0x${magic.toString(16).padStart(8, '0')}`));
+      return undefined;
+    }
+    if (h === 0 || h > headerBytesMax) {
+      this.fail(errors.FRAME_TOO_LARGE(`Cannot read frame: header length ${h} is outside 1..${headerBytesMax}`));
+      return undefined;
+    }
+    if (p > this.payloadBytesMax) {
+      this.fail(errors.FRAME_TOO_LARGE(`Cannot read frame: payload length ${p} is over ${this.payloadBytesMax}`));
+      return undefined;
+    }
+    return (prefixBytes + h + p + 7) & ~7;
+  }
+
+  /** Checks the whole frame at `base` of `bytes` (hashed by `kernel` at `address`) and hands it on. */
+  private deliver(bytes: Uint8Array, v: DataView, base: number, kernel: Kernel, address: number): void {
+    const h = v.getUint32(base + 4, true);
+    const p = v.getUint32(base + 8, true);
+    const expected = v.getBigUint64(base + 16, true);
+    const actual = kernel.xxh3(address + prefixBytes, h + p);
     if (expected !== actual) return this.fail(errors.FRAME_CHECKSUM(`Cannot read frame: checksum mismatch (got ${actual.toString(16)}, frame says ${expected.toString(16)})`));
+    const from = base + prefixBytes;
     let header: unknown;
     try {
-      header = headerUnpackr.unpack(this.staging.subarray(prefixBytes, prefixBytes + h));
+      header = headerUnpackr.unpack(bytes.subarray(from, from + h));
     } catch (e) {
       return this.fail(errors.FRAME_HEADER(`Cannot read frame header: ${(e as Error).message.split('\n')[0]}`));
     }
     const problem = checkShape(header, p);
     if (problem) return this.fail(problem.startsWith('unknown') ? errors.FRAME_TYPE(`Cannot read frame: ${problem}`) : errors.FRAME_HEADER(`Cannot read frame header: ${problem}`));
-    this.have = 0;
-    this.need = prefixBytes;
     const h0 = header as unknown[];
-    this.onFrame({ type: h0[0] as FrameTypeValue, header: h0, payload: this.staging.subarray(prefixBytes + h, prefixBytes + h + p) });
+    this.onFrame({ type: h0[0] as FrameTypeValue, header: h0, payload: bytes.subarray(from + h, from + h + p) });
   }
 
   private fail(error: BlockmirrorError): void {

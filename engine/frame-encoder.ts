@@ -6,7 +6,7 @@
  * (the socket keeps a reference to what it is given).
  */
 import { headerBytesMax, headerPackr, payloadBytesMaxDefault, prefixBytes, sealFrame, writeFrame } from './frame.ts';
-import { instantiateKernel, KERNEL_HEADER_BYTES, writeKernelHeader, type Kernel } from './kernel.ts';
+import { instantiateKernel, KERNEL_HEADER_BYTES, kernelMemory, type Kernel } from './kernel.ts';
 import { errors } from './errors.ts';
 
 export class FrameEncoder {
@@ -17,9 +17,7 @@ export class FrameEncoder {
 
   constructor(payloadBytesMax = payloadBytesMaxDefault) {
     this.payloadBytesMax = payloadBytesMax;
-    const pages = Math.ceil((KERNEL_HEADER_BYTES + prefixBytes + headerBytesMax + payloadBytesMax + 8) / 65536);
-    const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
-    writeKernelHeader(memory);
+    const memory = kernelMemory(prefixBytes + headerBytesMax + payloadBytesMax + 8);
     this.kernel = instantiateKernel(memory);
     this.scratch = new Uint8Array(memory.buffer, KERNEL_HEADER_BYTES);
     this.view = new DataView(memory.buffer, KERNEL_HEADER_BYTES);

@@ -20,7 +20,7 @@
  * Bound: `capacity` bytes. When full, `reserve` returns -1 and the caller
  * waits on `tail` (async mode) or the write waits for acknowledgements.
  */
-import { KERNEL_HEADER_BYTES, writeKernelHeader } from './kernel.ts';
+import { KERNEL_HEADER_BYTES, kernelMemory } from './kernel.ts';
 import { errors } from './errors.ts';
 
 /** Control words (Int32 indexes) shared between the main thread and the worker. */
@@ -76,9 +76,7 @@ export class Journal {
     if (!Number.isSafeInteger(capacity) || capacity < journalBytesMin || capacity > journalBytesMax || (capacity & (capacity - 1)) !== 0) {
       throw errors.INVALID_ARGUMENT(`Cannot use journal size ${capacity}: it must be a power of two from ${journalBytesMin} to ${journalBytesMax} bytes`);
     }
-    const pages = (KERNEL_HEADER_BYTES + capacity) / 65536;
-    const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
-    writeKernelHeader(memory);
+    const memory = kernelMemory(capacity);
     return new Journal({ memory, control: new SharedArrayBuffer(Control.words * 4), capacity });
   }
 

@@ -53,6 +53,43 @@ export function writeKernelHeader(memory: WebAssembly.Memory): void {
   new Uint8Array(memory.buffer, SECRET_OFFSET, SECRET.length).set(SECRET);
 }
 
+/**
+ * A new shared memory with room for `dataBytes` after the kernel header, the
+ * header written: what every volume span, journal and frame staging area is.
+ */
+export function kernelMemory(dataBytes: number): WebAssembly.Memory {
+  const pages = Math.ceil((KERNEL_HEADER_BYTES + dataBytes) / 65536);
+  const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
+  writeKernelHeader(memory);
+  return memory;
+}
+
+/** Buffers of the memories made by `kernelArea`, so that bytes found in one can be hashed in place. */
+const areas = new WeakMap<ArrayBufferLike, WebAssembly.Memory>();
+/** This thread's kernel for each such memory, bound on first use. */
+const boundKernels = new WeakMap<ArrayBufferLike, Kernel>();
+
+/**
+ * `bytes` of a new kernel memory, registered so that `kernelOf` finds it: a
+ * socket's reused read buffer, whose frames are then checked where they lie.
+ */
+export function kernelArea(bytes: number): Uint8Array {
+  const memory = kernelMemory(bytes);
+  areas.set(memory.buffer, memory);
+  return new Uint8Array(memory.buffer, KERNEL_HEADER_BYTES, bytes);
+}
+
+/** The kernel bound to the memory behind `buffer`, if it is a `kernelArea`; offsets are then `byteOffset`s. */
+export function kernelOf(buffer: ArrayBufferLike): Kernel | undefined {
+  let kernel = boundKernels.get(buffer);
+  if (kernel) return kernel;
+  const memory = areas.get(buffer);
+  if (!memory) return undefined;
+  kernel = instantiateKernel(memory);
+  boundKernels.set(buffer, kernel);
+  return kernel;
+}
+
 let compiled: WebAssembly.Module | undefined;
 
 /**

@@ -13,6 +13,7 @@
 import net from 'node:net';
 import WebSocket, { WebSocketServer } from 'ws';
 import { errors } from './errors.ts';
+import { runtime } from './runtime.ts';
 
 export type Scheme = 'tcp' | 'ws';
 
@@ -63,10 +64,23 @@ export interface Listener {
   close(): Promise<void>;
 }
 
-export async function listen(url: string, onLink: (link: Link) => void, options: { payloadBytesMax?: number } = {}): Promise<Listener> {
+export interface ListenOptions {
+  payloadBytesMax?: number;
+  /**
+   * Makes one reused read buffer for each accepted tcp:// connection, on
+   * Node (elsewhere, and without it, the runtime gives a fresh buffer per
+   * read). A chunk handed to `onData` is then a view of that buffer, valid
+   * only during the call: only a consumer that copies what it keeps before
+   * returning may ask for it.
+   */
+  readBuffer?: () => Uint8Array;
+}
+
+export async function listen(url: string, onLink: (link: Link) => void, options: ListenOptions = {}): Promise<Listener> {
   const endpoint = parseEndpoint(url, 'listen URL');
   if (endpoint.scheme === 'tcp') {
-    const server = net.createServer((socket) => onLink(tcpLink(socket)));
+    const readBuffer = runtime === 'node' ? options.readBuffer : undefined;
+    const server = net.createServer({ pauseOnConnect: readBuffer !== undefined }, (socket) => onLink(readBuffer ? readerLink(server, socket, readBuffer()) : tcpLink(socket)));
     await new Promise<void>((resolve, reject) => {
       server.once('error', (e: NodeJS.ErrnoException) => reject(errors.LISTEN(`Cannot listen on ${url}: ${e.code ?? e.message}`)));
       server.listen(endpoint.port, endpoint.host, () => resolve());
@@ -132,7 +146,53 @@ export function connect(url: string, timeoutMs = 5000): Promise<Link> {
   });
 }
 
-function tcpLink(socket: net.Socket): Link {
+/**
+ * An accepted socket re-wrapped to read into one reused buffer (Node's
+ * `onread`), so that a busy link does not allocate, fault in and collect a
+ * fresh buffer for every read. Node offers `onread` only when a socket is
+ * constructed, so the accepted one (paused before its first read) hands its
+ * handle to a new socket that keeps the server's connection count.
+ */
+function readerLink(server: net.Server, accepted: net.Socket, buffer: Uint8Array): Link {
+  const internal = accepted as unknown as { _handle: unknown; _server: unknown };
+  const handle = internal._handle;
+  internal._handle = null;
+  let deliver: ((chunk: Uint8Array) => void) | undefined;
+  const early: Uint8Array[] = [];
+  const socket = new net.Socket({
+    handle,
+    readable: true,
+    writable: true,
+    onread: {
+      buffer,
+      callback: (n: number, buf: Uint8Array) => {
+        const chunk = buf.subarray(0, n);
+        // Before onData is called (never in practice: the session listens at once) keep a copy.
+        if (deliver) deliver(chunk);
+        else early.push(chunk.slice());
+        return true;
+      },
+    },
+  } as net.SocketConstructorOpts);
+  (socket as unknown as { _server: unknown; server: unknown })._server = server;
+  (socket as unknown as { server: unknown }).server = server;
+  const link = tcpLink(socket, (l) => {
+    deliver = l;
+    for (const chunk of early.splice(0)) l(chunk);
+  });
+  socket.resume();
+  // With its own buffer, a paused socket really stops reading (a plain one reads on into its
+  // queue), so it would never see the peer's close after an end: read again until it does.
+  return {
+    ...link,
+    end: () => {
+      socket.resume();
+      link.end();
+    },
+  };
+}
+
+function tcpLink(socket: net.Socket, onData: (listener: (chunk: Uint8Array) => void) => void = (l) => void socket.on('data', l)): Link {
   socket.setNoDelay(true);
   const remote = `${socket.remoteAddress}:${socket.remotePort}`;
   let closeListener: ((reason: string) => void) | undefined;
@@ -152,7 +212,7 @@ function tcpLink(socket: net.Socket): Link {
     remote,
     send: (bytes) => !closed && socket.write(bytes),
     buffered: () => socket.writableLength,
-    onData: (l) => void socket.on('data', l),
+    onData,
     onClose: (l) => {
       closeListener = l;
       if (closed) l(reason);

@@ -11,12 +11,11 @@
  * `VolumeMemory` knows nothing of files, codes or the network: it copies
  * bytes in and out and hands out views.
  */
-import { KERNEL_HEADER_BYTES, writeKernelHeader } from './kernel.ts';
+import { KERNEL_HEADER_BYTES, kernelMemory } from './kernel.ts';
 import { assert } from './errors.ts';
 
 /** Volume bytes per memory: 2 GiB (with the header page, 32769 of 65536 pages). */
 export const spanBytes = 2 ** 31;
-const pageBytes = 65536;
 
 /** What a worker needs to rebuild a `VolumeMemory` over the same bytes. */
 export interface SharedMemoryLayout {
@@ -41,10 +40,7 @@ export class VolumeMemory {
     const memories: WebAssembly.Memory[] = [];
     for (let start = 0; start < size; start += spanBytes) {
       const bytes = Math.min(spanBytes, size - start);
-      const pages = Math.ceil((KERNEL_HEADER_BYTES + bytes) / pageBytes);
-      const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
-      writeKernelHeader(memory);
-      memories.push(memory);
+      memories.push(kernelMemory(bytes));
     }
     return new VolumeMemory(size, memories);
   }

@@ -17,12 +17,23 @@ import path from 'node:path';
 import { errors } from './errors.ts';
 import { listen, type Listener, type Link } from './link.ts';
 import { loadMetadata } from './metadata.ts';
+import { kernelArea } from './kernel.ts';
 import { ResyncTarget } from './resync-target.ts';
 import { SecondarySession, type VolumeHello, type VolumeWelcome } from './secondary-session.ts';
 import { undoLogReady } from './undo-log.ts';
 import { Volume } from './volume.ts';
 import type { CodeAlgorithm } from './codes.ts';
 import type { HashPool } from './hash-pool.ts';
+
+/**
+ * Bytes of each tcp:// connection's reused read buffer (on Node; Bun and Deno
+ * hand over fresh buffers). A read never returns more; the frames it holds
+ * whole are checked and applied where they lie, and only a frame cut by the
+ * end of a read is gathered in the decoder's staging area. Reusing one warm
+ * buffer instead of a fresh 64 KiB one per read took async 1 MiB streaming
+ * on Node from 0.43 to 0.61 GB/s in one run of the mirror benchmark.
+ */
+export const readBufferBytes = 1 << 20;
 
 export interface SecondaryOptions {
   /** Directory of the volume images (created if missing). */
@@ -87,7 +98,7 @@ export class Secondary {
     try {
       await secondary.openKnownVolumes();
       for (const url of options.listen) {
-        secondary.listeners.push(await listen(url, (link) => secondary.accept(link), { payloadBytesMax: options.payloadBytesMax }));
+        secondary.listeners.push(await listen(url, (link) => secondary.accept(link), { payloadBytesMax: options.payloadBytesMax, readBuffer: () => kernelArea(readBufferBytes) }));
       }
     } catch (e) {
       await secondary.close();

@@ -7,23 +7,39 @@ import * as assert from 'uvu/assert';
 import { FrameDecoder, type Frame } from '../engine/frame-decoder.ts';
 import { FrameEncoder } from '../engine/frame-encoder.ts';
 import { FrameType, headerPackr, prefixBytes, sealFrame, writeFrame } from '../engine/frame.ts';
-import { instantiateKernel, KERNEL_HEADER_BYTES, writeKernelHeader } from '../engine/kernel.ts';
+import { instantiateKernel, KERNEL_HEADER_BYTES, kernelArea, writeKernelHeader } from '../engine/kernel.ts';
 import { prng, randomBytes, testSeed } from './helpers.ts';
 
 const payloadBytesMax = 4096;
 const encoder = new FrameEncoder(payloadBytesMax);
 
-function collect(chunks: Uint8Array[]): { frames: Array<{ header: unknown[]; payload: Uint8Array }>; error?: string } {
+/** A socket's reused read buffer (Node): every chunk lands at its start, and frames are checked in place. */
+const readArea = kernelArea(64 * 1024);
+
+/** Each chunk as the socket would hand it on: copied into the read area, valid only during `feed`. */
+function fromReadArea(chunk: Uint8Array): Uint8Array {
+  readArea.set(chunk);
+  return readArea.subarray(0, chunk.length);
+}
+
+/** Feeds `chunks` as fresh buffers, or (`inPlace`) through the reused read area; the area is scribbled over after each. */
+function collect(chunks: Uint8Array[], inPlace = false): { frames: Array<{ header: unknown[]; payload: Uint8Array }>; error?: string } {
   const frames: Array<{ header: unknown[]; payload: Uint8Array }> = [];
   let error: string | undefined;
   const decoder = new FrameDecoder({
     payloadBytesMax,
-    onFrame: (f: Frame) => frames.push({ header: f.header, payload: f.payload.slice() }),
+    onFrame: (f: Frame) => frames.push({ header: JSON.parse(JSON.stringify(f.header)), payload: f.payload.slice() }),
     onError: (e) => (error = e.code),
   });
-  for (const c of chunks) decoder.feed(c);
+  for (const c of chunks) {
+    decoder.feed(inPlace ? fromReadArea(c) : c);
+    // The next read overwrites the buffer: a decoder that kept a view of it would now see garbage.
+    if (inPlace) readArea.fill(0xa5, 0, c.length);
+  }
   return { frames, error };
 }
+
+const both = [false, true];
 
 const concat = (parts: Uint8Array[]) => {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
@@ -57,8 +73,8 @@ test('frames survive any chunking: whole, byte by byte, random cuts', () => {
     at += n;
   }
   cuts.push(random3);
-  for (const chunks of cuts) {
-    const { frames: got, error } = collect(chunks);
+  for (const [chunks, inPlace] of cuts.flatMap((c) => both.map((b) => [c, b] as const))) {
+    const { frames: got, error } = collect(chunks, inPlace);
     assert.is(error, undefined, `seed ${seed}`);
     assert.is(got.length, frames.length);
     got.forEach((g, i) => {
@@ -79,28 +95,57 @@ function prefix(magic: number, headerBytes: number, payloadBytes: number, reserv
 }
 
 test('bad magic and a non-zero reserved field: BM_ERR_FRAME_MAGIC', () => {
-  assert.is(collect([prefix(0xdeadbeef, 4, 0)]).error, 'BM_ERR_FRAME_MAGIC');
-  assert.is(collect([prefix(0x31464d42, 4, 0, 1)]).error, 'BM_ERR_FRAME_MAGIC');
-  assert.is(collect([new TextEncoder().encode('GET / HTTP/1.1\r\nHost: x\r\n\r\n')]).error, 'BM_ERR_FRAME_MAGIC');
+  for (const inPlace of both) {
+    assert.is(collect([prefix(0xdeadbeef, 4, 0)], inPlace).error, 'BM_ERR_FRAME_MAGIC');
+    assert.is(collect([prefix(0x31464d42, 4, 0, 1)], inPlace).error, 'BM_ERR_FRAME_MAGIC');
+    assert.is(collect([new TextEncoder().encode('GET / HTTP/1.1\r\nHost: x\r\n\r\n')], inPlace).error, 'BM_ERR_FRAME_MAGIC');
+  }
 });
 
 test('oversized lengths are refused from the 24-byte prefix alone', () => {
   // Only the prefix is fed: the decoder must refuse before waiting for (or buffering) a body.
-  assert.is(collect([prefix(0x31464d42, 4097, 0)]).error, 'BM_ERR_FRAME_TOO_LARGE');
-  assert.is(collect([prefix(0x31464d42, 0, 0)]).error, 'BM_ERR_FRAME_TOO_LARGE');
-  assert.is(collect([prefix(0x31464d42, 10, payloadBytesMax + 1)]).error, 'BM_ERR_FRAME_TOO_LARGE');
-  assert.is(collect([prefix(0x31464d42, 10, 0xffffffff)]).error, 'BM_ERR_FRAME_TOO_LARGE');
+  for (const inPlace of both) {
+    assert.is(collect([prefix(0x31464d42, 4097, 0)], inPlace).error, 'BM_ERR_FRAME_TOO_LARGE');
+    assert.is(collect([prefix(0x31464d42, 0, 0)], inPlace).error, 'BM_ERR_FRAME_TOO_LARGE');
+    assert.is(collect([prefix(0x31464d42, 10, payloadBytesMax + 1)], inPlace).error, 'BM_ERR_FRAME_TOO_LARGE');
+    assert.is(collect([prefix(0x31464d42, 10, 0xffffffff)], inPlace).error, 'BM_ERR_FRAME_TOO_LARGE');
+  }
 });
 
 test('a flipped bit in header or payload: BM_ERR_FRAME_CHECKSUM, and the frame is not handed on', () => {
   const frame = encoder.encode([FrameType.write, 1, 0, 0, 0], new Uint8Array(100).fill(9));
+  const good = encoder.encode([FrameType.flush, 0]);
   for (const at of [prefixBytes, prefixBytes + 3, frame.length - 10, 16, 23]) {
     const bad = frame.slice();
     bad[at]! ^= 0x10;
-    const { frames, error } = collect([bad]);
-    assert.is(error, 'BM_ERR_FRAME_CHECKSUM', `byte ${at}`);
-    assert.is(frames.length, 0);
+    for (const inPlace of both) {
+      // A good frame first, then the bad one, in one chunk: the good one is handed on, the bad one never.
+      const { frames, error } = collect([concat([good, bad])], inPlace);
+      assert.is(error, 'BM_ERR_FRAME_CHECKSUM', `byte ${at}`);
+      assert.is(frames.length, 1);
+    }
   }
+});
+
+test('in place: whole frames are handed on as views of the read buffer, a frame cut by the chunk end is staged', () => {
+  const payload = new Uint8Array(1000).map((_, i) => i & 0xff);
+  const frame = encoder.encode([FrameType.write, 1, 0, 0, 0], payload);
+  const views: Uint8Array[] = [];
+  const decoder = new FrameDecoder({ payloadBytesMax, onFrame: (f) => views.push(f.payload), onError: (e) => assert.unreachable(e.code) });
+  // Two whole frames and the head of a third in one read.
+  const cut = 100;
+  decoder.feed(fromReadArea(concat([frame, frame, frame.subarray(0, cut)])));
+  assert.is(views.length, 2);
+  assert.is(views[0]!.buffer, readArea.buffer, 'a whole frame is not copied');
+  const headerBytes = new DataView(frame.buffer, frame.byteOffset).getUint32(4, true);
+  assert.is(views[0]!.byteOffset, readArea.byteOffset + prefixBytes + headerBytes, 'the payload view starts where the payload lies in the read');
+  assert.is(views[1]!.byteOffset, readArea.byteOffset + frame.length + prefixBytes + headerBytes);
+  assert.equal(views[1]!.slice(), payload);
+  // The rest of the third frame arrives in the next read, over the same buffer.
+  decoder.feed(fromReadArea(frame.subarray(cut)));
+  assert.is(views.length, 3);
+  assert.is.not(views[2]!.buffer, readArea.buffer, 'a cut frame is gathered in the staging area');
+  assert.equal(views[2]!.slice(), payload);
 });
 
 /** A frame with a correct checksum around an arbitrary header byte string. */
@@ -163,10 +208,13 @@ test('fuzz: 100k random and mutated streams never crash the decoder and never pa
       stream = stream.subarray(0, Math.floor(random() * stream.length));
     }
     let at = 0;
+    // Half the cases read through the reused read area in chunks large enough to hold whole frames.
+    const inPlace = i % 2 === 1;
     try {
       while (at < stream.length) {
-        const n = 1 + Math.floor(random() * 64);
-        decoder.feed(stream.subarray(at, at + n));
+        const n = 1 + Math.floor(random() * (inPlace ? 8192 : 64));
+        decoder.feed(inPlace ? fromReadArea(stream.subarray(at, at + n)) : stream.subarray(at, at + n));
+        if (inPlace) readArea.fill(0xa5, 0, n);
         at += n;
       }
     } catch (e) {
