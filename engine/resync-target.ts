@@ -37,7 +37,7 @@ export class ResyncTarget {
     this.created = created;
     if (dir && created) {
       // A new image: whatever metadata, undo log or saved state is left beside it belongs to an image that is gone.
-      for (const ext of ['meta', 'undo', 'oos', 'codes']) fs.rmSync(`${dir}/${volume.name}.${ext}`, { force: true });
+      for (const ext of ['meta', 'undo', 'undo.done', 'oos', 'codes']) fs.rmSync(`${dir}/${volume.name}.${ext}`, { force: true });
     }
     this.meta = dir ? loadMetadata(dir, volume.name) : undefined;
     if (this.meta && (this.meta.size !== volume.size || this.meta.blockSize !== volume.blockSize || this.meta.segmentSize !== volume.segmentSize)) {
@@ -119,7 +119,7 @@ export class ResyncTarget {
     await this.flush();
     const meta = this.meta ?? this.geometryMeta();
     this.save(adoptGeneration({ ...meta, role: 'secondary', consistent: true, syncingTo: undefined, oosBase: gen }, gen, history));
-    this.undo?.remove();
+    this.undo?.removeLater();
     this.undo = undefined;
   }
 

@@ -5,13 +5,14 @@
  * A resync of one pair runs in the pair's ordered record stream:
  *
  *   syncBegin(gen) → codes requests for every window of candidate segments,
- *   pipelined, each answer compared as it arrives → copies of the differing
- *   segments, adjacent ones coalesced into one record → syncEnd(gen) →
- *   acknowledged
+ *   pipelined, each answer compared as it arrives → copies of that window's
+ *   differing segments, adjacent ones coalesced into one record → ... →
+ *   syncEnd(gen) → acknowledged
  *
- * Comparing first and copying after keeps the requests from queueing behind
- * copies in the ordered stream (and the secondary from answering late while
- * it applies them).
+ * The first `requestsInFlightMax` requests go out before any copy, so their
+ * answers never queue behind copies in the ordered stream; the copies of a
+ * window start as soon as it is compared (windows in order), not after the
+ * last answer.
  *
  * Candidates are the segments marked in the out-of-sync map (all of them
  * for a full comparison). A bit is cleared only when syncEnd is
@@ -115,17 +116,24 @@ export class Comparison {
    * when the pass had to stop.
    */
   async run(wanted: (segment: number) => boolean, onDiffering?: (segment: number) => void): Promise<boolean> {
+    if (this.progress.kind === 'verify') return this.compareAll(wanted, (s) => onDiffering?.(s));
+    // A resync copies the differing segments of each window as soon as that window is compared, one
+    // window after another: the codes requests in flight are already ahead of those copies in the
+    // ordered stream, so the answers do not wait for them.
     const differing = new Uint8Array(this.ctx.volume.segmentCount);
-    if (!(await this.compareAll(wanted, (s) => (differing[s] = 1)))) return false;
-    if (this.progress.kind === 'verify') {
-      differing.forEach((d, s) => d && onDiffering?.(s));
-      return true;
-    }
-    return this.copyAll(differing);
+    let copies: Promise<boolean> = Promise.resolve(true);
+    const compared = await this.compareAll(wanted, (s) => (differing[s] = 1), (first, end) => {
+      copies = copies.then((ok) => ok && this.copyAll(differing, first, end));
+    });
+    if (!(await copies) || !compared) return false;
+    return this.settle(0);
   }
 
-  /** Phase one: every wanted segment's codes, compared as the answers arrive. */
-  private async compareAll(wanted: (segment: number) => boolean, onDiffering: (segment: number) => void): Promise<boolean> {
+  /**
+   * Phase one: every wanted segment's codes, compared as the answers arrive;
+   * `onWindow(first, end)` after each window's differing segments are known.
+   */
+  private async compareAll(wanted: (segment: number) => boolean, onDiffering: (segment: number) => void, onWindow?: (first: number, end: number) => void): Promise<boolean> {
     const { volume } = this.ctx;
     const copy = this.progress.kind === 'resync';
     const pending: Array<Promise<boolean>> = [];
@@ -145,30 +153,36 @@ export class Comparison {
       const request = await this.request(lo, hi + 1 - lo);
       if (!request) return false;
       const [from, to] = [lo, hi + 1];
-      pending.push(request.reply.then((theirs) => (theirs ? this.compare(from, to, theirs, request.generations, wanted, copy, onDiffering) : false)));
+      pending.push(
+        request.reply.then(async (theirs) => {
+          if (!theirs || !(await this.compare(from, to, theirs, request.generations, wanted, copy, onDiffering))) return false;
+          onWindow?.(from, to);
+          return true;
+        }),
+      );
     }
     for (const p of pending) if (!(await p)) return false;
     return true;
   }
 
-  /** Phase two: the differing segments, runs of adjacent ones in one record each. */
-  private async copyAll(differing: Uint8Array): Promise<boolean> {
+  /** The differing segments in [first, end), runs of adjacent ones in one record each. */
+  private async copyAll(differing: Uint8Array, first: number, end: number): Promise<boolean> {
     const { volume, channel } = this.ctx;
     const size = volume.segmentSize;
     const runMax = Math.max(1, Math.floor(channel.payloadBytesMax / size));
-    for (let s = 0; s < differing.length; s++) {
+    for (let s = first; s < end; s++) {
       if (!differing[s]) continue;
-      let end = s + 1;
-      while (end < differing.length && differing[end] && end - s < runMax) end++;
+      let last = s + 1;
+      while (last < end && differing[last] && last - s < runMax) last++;
       // A run of whole segments, or one segment in pieces when segments are larger than a record.
       const from = s * size;
-      const to = Math.min(end * size, volume.size);
+      const to = Math.min(last * size, volume.size);
       for (let at = from; at < to; at += channel.payloadBytesMax) {
         if (!(await this.copyRange(at, Math.min(channel.payloadBytesMax, to - at)))) return false;
       }
-      s = end - 1;
+      s = last - 1;
     }
-    return this.settle(0);
+    return true;
   }
 
   /** Waits until at most `upTo` copied bytes are unacknowledged. */

@@ -27,6 +27,13 @@ import { errors } from './errors.ts';
 
 const entryMagic = 0x45554d42; // 'BMUE'
 const headerBytes = 24;
+/**
+ * Bytes appended since the last sync after which a sync starts in the
+ * background (the runtime's thread pool), so that the sync before the
+ * image's (at flush, FUA and the end of a resync) finds little left to write.
+ * Syncing the log early is always safe: it only makes entries durable sooner.
+ */
+export const undoSyncEveryBytes = 2 * 1024 * 1024;
 
 let hasher: IHasher | undefined;
 
@@ -56,6 +63,13 @@ export class UndoLog {
   private readonly header = new DataView(this.headerBytes.buffer);
   /** True when entries were appended since the last sync. */
   private unsynced = false;
+  /** Bytes appended since the last sync started. */
+  private unsyncedBytes = 0;
+  /** A background sync is running: the descriptor is closed only once it is done. */
+  private syncing = false;
+  private closeWhenSynced = false;
+  /** Why a background sync failed; every later `sync()` fails with it. */
+  private syncFailure: string | undefined;
   /** Entries in the log. */
   entries = 0;
 
@@ -104,17 +118,38 @@ export class UndoLog {
     this.saved[segment >>> 5]! |= 1 << (segment & 31);
     this.entries++;
     this.unsynced = true;
+    this.unsyncedBytes += headerBytes + bytes.length;
+    if (this.unsyncedBytes >= undoSyncEveryBytes && !this.syncing) this.syncInBackground();
+  }
+
+  /**
+   * Starts a sync that the caller does not wait for. Its failure is kept and
+   * reported by the next `sync()`: the kernel reports a failed write-back only
+   * once, so a later sync could otherwise seem to succeed.
+   */
+  private syncInBackground(): void {
+    this.syncing = true;
+    this.unsyncedBytes = 0;
+    fs.fdatasync(this.fd, (e) => {
+      if (e) this.syncFailure ??= e.code ?? e.message;
+      this.syncing = false;
+      if (this.closeWhenSynced) this.close();
+    });
   }
 
   /** Makes every appended entry durable (before the image is synced). */
   sync(): void {
+    if (this.syncFailure) throw errors.IO(`Cannot sync undo log '${this.path}': ${this.syncFailure}`);
     if (!this.unsynced) return;
     try {
       fs.fdatasyncSync(this.fd);
     } catch (e) {
-      throw errors.IO(`Cannot sync undo log '${this.path}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      // Final: the kernel may have dropped the pages it could not write, so a retry could seem to succeed.
+      this.syncFailure = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+      throw errors.IO(`Cannot sync undo log '${this.path}': ${this.syncFailure}`);
     }
     this.unsynced = false;
+    this.unsyncedBytes = 0;
   }
 
   /** Calls `restore(offset, bytes)` for every whole entry, oldest first. Returns how many. */
@@ -124,6 +159,11 @@ export class UndoLog {
 
   close(): void {
     if (this.fd < 0) return;
+    // The background sync still holds the descriptor: closing it now could let a new file take its number.
+    if (this.syncing) {
+      this.closeWhenSynced = true;
+      return;
+    }
     fs.closeSync(this.fd);
     this.fd = -1;
   }
@@ -132,6 +172,24 @@ export class UndoLog {
   remove(): void {
     this.close();
     fs.rmSync(this.path, { force: true });
+  }
+
+  /**
+   * `remove`, with the deletion left to the thread pool: freeing a large
+   * file takes milliseconds. The log is first renamed to `NAME.undo.done`
+   * (at once), so that the next resync's log never meets the deletion; what
+   * is found under that name is always garbage. Only once the image is
+   * consistent again.
+   */
+  removeLater(): void {
+    this.close();
+    const done = `${this.path}.done`;
+    try {
+      fs.renameSync(this.path, done);
+    } catch {
+      return this.remove();
+    }
+    fs.rm(done, { force: true }, () => {});
   }
 
   private scan(visit: (offset: number, bytes: Uint8Array) => void): number {
