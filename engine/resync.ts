@@ -9,10 +9,9 @@
  *   differing segments, adjacent ones coalesced into one record → ... →
  *   syncEnd(gen) → acknowledged
  *
- * The first `requestsInFlightMax` requests go out before any copy, so their
- * answers never queue behind copies in the ordered stream; the copies of a
- * window start as soon as it is compared (windows in order), not after the
- * last answer.
+ * Every request goes out before any copy, so no answer queues behind copies
+ * in the ordered stream; from then on the copies of a window start as soon
+ * as it is compared, not after the last answer.
  *
  * Candidates are the segments marked in the out-of-sync map (all of them
  * for a full comparison). A bit is cleared only when syncEnd is
@@ -118,22 +117,40 @@ export class Comparison {
   async run(wanted: (segment: number) => boolean, onDiffering?: (segment: number) => void): Promise<boolean> {
     if (this.progress.kind === 'verify') return this.compareAll(wanted, (s) => onDiffering?.(s));
     // A resync copies the differing segments of each window as soon as that window is compared, one
-    // window after another: the codes requests in flight are already ahead of those copies in the
-    // ordered stream, so the answers do not wait for them.
+    // window after another, but only once every codes request has been sent: a request must never
+    // wait behind copies in the ordered stream (with codes cold, each side hashes a window before
+    // its request or answer, and the secondary must hash on while the copies arrive).
     const differing = new Uint8Array(this.ctx.volume.segmentCount);
     let copies: Promise<boolean> = Promise.resolve(true);
-    const compared = await this.compareAll(wanted, (s) => (differing[s] = 1), (first, end) => {
+    let requested = false;
+    const waiting: Array<[number, number]> = [];
+    const copyWindow = (first: number, end: number) => {
       copies = copies.then((ok) => ok && this.copyAll(differing, first, end));
-    });
+    };
+    const compared = await this.compareAll(
+      wanted,
+      (s) => (differing[s] = 1),
+      (first, end) => (requested ? copyWindow(first, end) : waiting.push([first, end])),
+      () => {
+        requested = true;
+        for (const [first, end] of waiting.splice(0)) copyWindow(first, end);
+      },
+    );
     if (!(await copies) || !compared) return false;
     return this.settle(0);
   }
 
   /**
    * Phase one: every wanted segment's codes, compared as the answers arrive;
-   * `onWindow(first, end)` after each window's differing segments are known.
+   * `onWindow(first, end)` after each window's differing segments are known,
+   * `onRequested()` once the last request has been sent.
    */
-  private async compareAll(wanted: (segment: number) => boolean, onDiffering: (segment: number) => void, onWindow?: (first: number, end: number) => void): Promise<boolean> {
+  private async compareAll(
+    wanted: (segment: number) => boolean,
+    onDiffering: (segment: number) => void,
+    onWindow?: (first: number, end: number) => void,
+    onRequested?: () => void,
+  ): Promise<boolean> {
     const { volume } = this.ctx;
     const copy = this.progress.kind === 'resync';
     const pending: Array<Promise<boolean>> = [];
@@ -161,6 +178,7 @@ export class Comparison {
         }),
       );
     }
+    onRequested?.();
     for (const p of pending) if (!(await p)) return false;
     return true;
   }
