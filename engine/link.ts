@@ -147,18 +147,22 @@ export function connect(url: string, timeoutMs = 5000): Promise<Link> {
 }
 
 /**
- * An accepted socket re-wrapped to read into one reused buffer (Node's
- * `onread`), so that a busy link does not allocate, fault in and collect a
- * fresh buffer for every read. Node offers `onread` only when a socket is
- * constructed, so the accepted one (paused before its first read) hands its
- * handle to a new socket that keeps the server's connection count.
+ * An accepted socket (from a server made with `pauseOnConnect`, before its
+ * first read) re-wrapped to read into one reused `buffer` (Node's `onread`),
+ * so that a busy connection does not allocate, fault in and collect a fresh
+ * 64 KiB buffer for every read. Node offers `onread` only when a socket is
+ * constructed, so the accepted one hands its handle to a new socket, which
+ * keeps the server's connection count. `deliver` gets each read as a view of
+ * `buffer`, valid only during the call.
+ *
+ * With its own buffer a paused socket really stops reading (a plain one reads
+ * on into its queue), so it would not see the peer's close: the returned
+ * `end` reads again before ending. Node only.
  */
-function readerLink(server: net.Server, accepted: net.Socket, buffer: Uint8Array): Link {
-  const internal = accepted as unknown as { _handle: unknown; _server: unknown };
+export function adoptReadBuffer(server: net.Server, accepted: net.Socket, buffer: Uint8Array, deliver: (chunk: Uint8Array) => void): { socket: net.Socket; end: () => void } {
+  const internal = accepted as unknown as { _handle: unknown };
   const handle = internal._handle;
   internal._handle = null;
-  let deliver: ((chunk: Uint8Array) => void) | undefined;
-  const early: Uint8Array[] = [];
   const socket = new net.Socket({
     handle,
     readable: true,
@@ -166,30 +170,33 @@ function readerLink(server: net.Server, accepted: net.Socket, buffer: Uint8Array
     onread: {
       buffer,
       callback: (n: number, buf: Uint8Array) => {
-        const chunk = buf.subarray(0, n);
-        // Before onData is called (never in practice: the session listens at once) keep a copy.
-        if (deliver) deliver(chunk);
-        else early.push(chunk.slice());
+        deliver(buf.subarray(0, n));
         return true;
       },
     },
   } as net.SocketConstructorOpts);
   (socket as unknown as { _server: unknown; server: unknown })._server = server;
   (socket as unknown as { server: unknown }).server = server;
+  return {
+    socket,
+    end: () => {
+      socket.resume();
+      socket.end();
+    },
+  };
+}
+
+function readerLink(server: net.Server, accepted: net.Socket, buffer: Uint8Array): Link {
+  let listener: ((chunk: Uint8Array) => void) | undefined;
+  const early: Uint8Array[] = [];
+  // Before onData is called (never in practice: the session listens at once) keep a copy.
+  const { socket, end } = adoptReadBuffer(server, accepted, buffer, (chunk) => (listener ? listener(chunk) : early.push(chunk.slice())));
   const link = tcpLink(socket, (l) => {
-    deliver = l;
+    listener = l;
     for (const chunk of early.splice(0)) l(chunk);
   });
   socket.resume();
-  // With its own buffer, a paused socket really stops reading (a plain one reads on into its
-  // queue), so it would never see the peer's close after an end: read again until it does.
-  return {
-    ...link,
-    end: () => {
-      socket.resume();
-      link.end();
-    },
-  };
+  return { ...link, end };
 }
 
 function tcpLink(socket: net.Socket, onData: (listener: (chunk: Uint8Array) => void) => void = (l) => void socket.on('data', l)): Link {

@@ -20,7 +20,8 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import { errors } from './errors.ts';
-import { parseEndpoint } from './link.ts';
+import { adoptReadBuffer, parseEndpoint } from './link.ts';
+import { runtime } from './runtime.ts';
 import { ByteQueue, NBD, optionBytesMax, requestBytesMax, requestsInFlightMax, type NbdTarget } from './nbd.ts';
 
 export interface NbdServerOptions {
@@ -43,10 +44,23 @@ export class NbdServer {
   static async start(options: NbdServerOptions): Promise<NbdServer> {
     const exports = new Map(options.exports.map((e) => [e.name, e]));
     let nbd!: NbdServer;
-    const server = net.createServer((socket) => {
+    // On Node each connection reads into one reused buffer (see adoptReadBuffer); the parser copies
+    // what it keeps into its own queue before the next read.
+    const reuse = runtime === 'node';
+    const server = net.createServer({ pauseOnConnect: reuse }, (accepted) => {
+      let onData: (chunk: Uint8Array) => void = () => {};
+      const adopted = reuse ? adoptReadBuffer(server, accepted, new Uint8Array(readBufferBytes), (chunk) => onData(chunk)) : undefined;
+      const socket = adopted?.socket ?? accepted;
       nbd.sockets.add(socket);
       socket.on('close', () => nbd.sockets.delete(socket));
-      serve(socket, exports, options.readOnly === true);
+      serve(socket, exports, options.readOnly === true, {
+        onData: (l) => {
+          if (adopted) onData = l;
+          else socket.on('data', l);
+        },
+        end: adopted?.end ?? (() => socket.end()),
+      });
+      socket.resume();
     });
     let address: string;
     if (options.listen.startsWith('unix:')) {
@@ -72,6 +86,9 @@ export class NbdServer {
   }
 }
 
+/** Bytes of each connection's reused read buffer (Node): one read never returns more. */
+export const readBufferBytes = 256 * 1024;
+
 function listenOn(server: net.Server, what: string, start: () => void): Promise<void> {
   return new Promise((resolve, reject) => {
     server.once('error', (e: NodeJS.ErrnoException) => reject(errors.LISTEN(`Cannot listen for NBD on ${what}: ${e.code ?? e.message}`)));
@@ -80,7 +97,7 @@ function listenOn(server: net.Server, what: string, start: () => void): Promise<
   });
 }
 
-function serve(socket: net.Socket, exports: Map<string, NbdTarget>, readOnly: boolean): void {
+function serve(socket: net.Socket, exports: Map<string, NbdTarget>, readOnly: boolean, io: { onData: (listener: (chunk: Uint8Array) => void) => void; end: () => void }): void {
   if (socket.setNoDelay) socket.setNoDelay(true);
   const input = new ByteQueue();
   let phase: 'flags' | 'options' | 'transmission' | 'closed' = 'flags';
@@ -176,7 +193,7 @@ function serve(socket: net.Socket, exports: Map<string, NbdTarget>, readOnly: bo
       }
       case NBD.optAbort:
         optionReply(option, NBD.repAck);
-        socket.end();
+        io.end();
         phase = 'closed';
         return;
       case NBD.optList: {
@@ -331,7 +348,7 @@ function serve(socket: net.Socket, exports: Map<string, NbdTarget>, readOnly: bo
       input.take(28);
       if (type === NBD.cmdDisc) {
         phase = 'closed';
-        socket.end();
+        io.end();
         return;
       }
       if (length > requestBytesMax && (type === NBD.cmdWrite || type === NBD.cmdRead)) return close();
@@ -343,7 +360,7 @@ function serve(socket: net.Socket, exports: Map<string, NbdTarget>, readOnly: bo
     }
   };
 
-  socket.on('data', (chunk: Buffer) => {
+  io.onData((chunk) => {
     input.push(chunk);
     try {
       pump();
