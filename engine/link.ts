@@ -157,11 +157,13 @@ export function connect(url: string, timeoutMs = 5000): Promise<Link> {
  *
  * With its own buffer a paused socket really stops reading (a plain one reads
  * on into its queue), so it would not see the peer's close: the returned
- * `end` reads again before ending. Node only.
+ * `end` reads again before ending. Node only; undefined (use `accepted` as
+ * it is, resumed) where the socket has no handle to hand over.
  */
-export function adoptReadBuffer(server: net.Server, accepted: net.Socket, buffer: Uint8Array, deliver: (chunk: Uint8Array) => void): { socket: net.Socket; end: () => void } {
+export function adoptReadBuffer(server: net.Server, accepted: net.Socket, buffer: Uint8Array, deliver: (chunk: Uint8Array) => void): { socket: net.Socket; end: () => void } | undefined {
   const internal = accepted as unknown as { _handle: unknown };
   const handle = internal._handle;
+  if (!handle) return undefined;
   internal._handle = null;
   const socket = new net.Socket({
     handle,
@@ -190,7 +192,12 @@ function readerLink(server: net.Server, accepted: net.Socket, buffer: Uint8Array
   let listener: ((chunk: Uint8Array) => void) | undefined;
   const early: Uint8Array[] = [];
   // Before onData is called (never in practice: the session listens at once) keep a copy.
-  const { socket, end } = adoptReadBuffer(server, accepted, buffer, (chunk) => (listener ? listener(chunk) : early.push(chunk.slice())));
+  const adopted = adoptReadBuffer(server, accepted, buffer, (chunk) => (listener ? listener(chunk) : early.push(chunk.slice())));
+  if (!adopted) {
+    accepted.resume();
+    return tcpLink(accepted);
+  }
+  const { socket, end } = adopted;
   const link = tcpLink(socket, (l) => {
     listener = l;
     for (const chunk of early.splice(0)) l(chunk);

@@ -53,6 +53,7 @@ export class NbdServer {
       const socket = adopted?.socket ?? accepted;
       nbd.sockets.add(socket);
       socket.on('close', () => nbd.sockets.delete(socket));
+      // Reads reach `onData` from the next turn of the event loop on, after serve() has set it.
       serve(socket, exports, options.readOnly === true, {
         onData: (l) => {
           if (adopted) onData = l;
@@ -60,7 +61,7 @@ export class NbdServer {
         },
         end: adopted?.end ?? (() => socket.end()),
       });
-      socket.resume();
+      if (!adopted) socket.resume();
     });
     let address: string;
     if (options.listen.startsWith('unix:')) {
