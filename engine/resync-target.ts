@@ -30,6 +30,8 @@ export class ResyncTarget {
   /** The image was created in this run and holds zeroes. */
   readonly created: boolean;
   private undo: UndoLog | undefined;
+  /** The end of a resync, while it makes the image durable and saves the metadata. */
+  private ending: Promise<void> | undefined;
 
   constructor(volume: Volume, dir: string | undefined, created: boolean) {
     this.volume = volume;
@@ -115,7 +117,14 @@ export class ResyncTarget {
   }
 
   /** The resync toward `gen` ended: the image is consistent at the source's generation. */
-  async end(gen: string, history: string[]): Promise<void> {
+  end(gen: string, history: string[]): Promise<void> {
+    // Kept so that a stop that comes meanwhile waits for it: it must not write after the stop.
+    const ending = this.finish(gen, history);
+    this.ending = ending;
+    return ending;
+  }
+
+  private async finish(gen: string, history: string[]): Promise<void> {
     await this.flush();
     const meta = this.meta ?? this.geometryMeta();
     this.save(adoptGeneration({ ...meta, role: 'secondary', consistent: true, syncingTo: undefined, oosBase: gen }, gen, history));
@@ -150,6 +159,7 @@ export class ResyncTarget {
 
   /** A clean stop: the image flushed and closed, the codes saved, the metadata marked clean. */
   async stop(): Promise<void> {
+    await this.ending?.catch(() => {});
     this.undo?.sync();
     this.undo?.close();
     this.undo = undefined;

@@ -52,6 +52,23 @@ export function undoPath(dir: string, name: string): string {
   return path.join(dir, `${name}.undo`);
 }
 
+/** Background syncs and deletions still running, in this thread. */
+const backgroundWork = new Set<Promise<unknown>>();
+
+function inBackground(work: Promise<unknown>): void {
+  const tracked = work.catch(() => {}).finally(() => backgroundWork.delete(tracked));
+  backgroundWork.add(tracked);
+}
+
+/**
+ * Resolves once every background sync and deletion of an undo log started
+ * so far is done: a secondary that closes waits for it, so that nothing
+ * touches its directory after it has closed.
+ */
+export async function undoLogsSettled(): Promise<void> {
+  while (backgroundWork.size) await Promise.all([...backgroundWork]);
+}
+
 export class UndoLog {
   readonly path: string;
   private readonly segmentSize: number;
@@ -130,11 +147,16 @@ export class UndoLog {
   private syncInBackground(): void {
     this.syncing = true;
     this.unsyncedBytes = 0;
-    fs.fdatasync(this.fd, (e) => {
-      if (e) this.syncFailure ??= e.code ?? e.message;
-      this.syncing = false;
-      if (this.closeWhenSynced) this.close();
-    });
+    inBackground(
+      new Promise<void>((resolve) =>
+        fs.fdatasync(this.fd, (e) => {
+          if (e) this.syncFailure ??= e.code ?? e.message;
+          this.syncing = false;
+          if (this.closeWhenSynced) this.close();
+          resolve();
+        }),
+      ),
+    );
   }
 
   /** Makes every appended entry durable (before the image is synced). */
@@ -189,7 +211,7 @@ export class UndoLog {
     } catch {
       return this.remove();
     }
-    fs.rm(done, { force: true }, () => {});
+    inBackground(new Promise<void>((resolve) => fs.rm(done, { force: true }, () => resolve())));
   }
 
   private scan(visit: (offset: number, bytes: Uint8Array) => void): number {

@@ -1,13 +1,16 @@
-// The undo log on its own: entries replay oldest first and stop at a torn
-// one; a log syncs in the background as it grows and still closes cleanly;
-// a finished log deleted in the background never takes the next resync's
-// log with it.
+// The undo log: entries replay oldest first and stop at a torn one; a log
+// syncs in the background as it grows and still closes cleanly; a finished
+// log deleted in the background never takes the next resync's log with it;
+// a stop during the end of a resync waits for it.
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createXXHash3 } from 'hash-wasm';
-import { UndoLog, undoLogReady, undoSyncEveryBytes } from '../engine/undo-log.ts';
+import { UndoLog, undoLogReady, undoLogsSettled, undoSyncEveryBytes } from '../engine/undo-log.ts';
+import { ResyncTarget } from '../engine/resync-target.ts';
+import { loadMetadata } from '../engine/metadata.ts';
+import { Volume } from '../engine/volume.ts';
 import { prng, randomBytes, tempDir, testSeed, throwsCode } from './helpers.ts';
 
 const segment = 64 * 1024;
@@ -117,6 +120,30 @@ test('a finished log deleted in the background never takes the next log with it'
     }
     await new Promise((r) => setTimeout(r, 50));
     assert.not.ok(fs.existsSync(`${file}.done`), 'the finished logs were deleted');
+  } finally {
+    cleanup();
+  }
+});
+
+test('a stop that comes while a resync ends waits for the end: nothing touches the directory after it', async () => {
+  const { dir, cleanup } = tempDir('bm-undo-');
+  try {
+    // An image that held a consistent copy, so the resync keeps an undo log.
+    const volume = await Volume.create({ name: 'v', size: 16 * segment, dir, pool: 'none' });
+    const target = new ResyncTarget(volume, dir, false);
+    target.begin('0123456789abcdef');
+    for (let s = 0; s < 16; s++) target.write(s * segment, new Uint8Array(segment).fill(s));
+    assert.ok(fs.existsSync(path.join(dir, 'v.undo')));
+    const ending = target.end('0123456789abcdef', []);
+    await target.stop();
+    const after = fs.readdirSync(dir).sort();
+    await ending;
+    await undoLogsSettled();
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(fs.readdirSync(dir).sort(), after, 'the directory did not change after the stop');
+    assert.not.ok(after.includes('v.undo') || after.includes('v.undo.done'), 'the finished log is gone');
+    const meta = loadMetadata(dir, 'v')!;
+    assert.ok(meta.consistent && meta.clean, 'the stop saved last: consistent and clean');
   } finally {
     cleanup();
   }
