@@ -18,7 +18,7 @@ import fs from 'node:fs';
 import { errors } from './errors.ts';
 import { adoptGeneration, freshMetadata, loadMetadata, newGen, saveMetadata, type VolumeMetadata } from './metadata.ts';
 import { planResync, type ResyncPlan, type SourceGeneration } from './resync-plan.ts';
-import { UndoLog, undoPath } from './undo-log.ts';
+import { UndoLog, undoLogsSettled, undoPath } from './undo-log.ts';
 import { removeState } from './saved-state.ts';
 import type { Volume } from './volume.ts';
 
@@ -165,6 +165,8 @@ export class ResyncTarget {
     this.undo = undefined;
     await this.volume.close({ saveCodes: this.dir !== undefined && this.meta !== undefined });
     if (this.meta) this.save({ ...this.meta, clean: true });
+    // An undo log still syncing or being deleted in the background: nothing may touch the directory after the stop.
+    await undoLogsSettled();
   }
 
   private protect(offset: number, length: number): void {

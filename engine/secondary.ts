@@ -20,7 +20,7 @@ import { loadMetadata } from './metadata.ts';
 import { kernelArea } from './kernel.ts';
 import { ResyncTarget } from './resync-target.ts';
 import { SecondarySession, type VolumeHello, type VolumeWelcome } from './secondary-session.ts';
-import { undoLogReady, undoLogsSettled } from './undo-log.ts';
+import { undoLogReady } from './undo-log.ts';
 import { Volume } from './volume.ts';
 import type { CodeAlgorithm } from './codes.ts';
 import type { HashPool } from './hash-pool.ts';
@@ -243,8 +243,6 @@ export class Secondary {
       }
     }
     this.targets.clear();
-    // Undo logs still syncing or being deleted in the background: nothing may touch the directory after close.
-    await undoLogsSettled();
     if (failure) throw failure;
   }
 }
