@@ -50,9 +50,10 @@ export class FrameDecoder {
   /** Bytes the current frame needs in all (prefix until the prefix is read). */
   private need = prefixBytes;
   private failed: BlockmirrorError | undefined;
-  /** The buffer of the last chunk checked in place, and a view of it. */
+  /** The buffer of the last chunk checked in place, and views of all of it (made once per buffer, not per frame). */
   private inPlaceBuffer: ArrayBufferLike | undefined;
   private inPlaceView: DataView | undefined;
+  private inPlaceBytes: Uint8Array | undefined;
 
   constructor(options: FrameDecoderOptions) {
     this.payloadBytesMax = options.payloadBytesMax ?? payloadBytesMaxDefault;
@@ -121,11 +122,12 @@ export class FrameDecoder {
     if (this.inPlaceBuffer !== chunk.buffer) {
       this.inPlaceBuffer = chunk.buffer;
       this.inPlaceView = new DataView(chunk.buffer);
+      this.inPlaceBytes = new Uint8Array(chunk.buffer);
     }
     const view = this.inPlaceView!;
     const need = this.checkPrefix(view, base);
     if (need === undefined || chunk.length - at < need) return 0;
-    this.deliver(new Uint8Array(chunk.buffer), view, base, kernel, base);
+    this.deliver(this.inPlaceBytes!, view, base, kernel, base);
     return need;
   }
 

@@ -62,8 +62,8 @@ function inBackground(work: Promise<unknown>): void {
 
 /**
  * Resolves once every background sync and deletion of an undo log started
- * so far is done: a secondary that closes waits for it, so that nothing
- * touches its directory after it has closed.
+ * so far is done: a resync target's stop waits for it, so that nothing
+ * touches the directory after the stop.
  */
 export async function undoLogsSettled(): Promise<void> {
   while (backgroundWork.size) await Promise.all([...backgroundWork]);
