@@ -236,6 +236,12 @@ function drain(): void {
         sendPos = (sendPos + (journal.capacity - at)) | 0;
         continue;
       }
+      // A record that ended exactly at the end of the ring is followed by one at 0, with no padding
+      // between: the open batch ends there (one send is one contiguous range of the ring).
+      if (batchStart >= 0 && at !== batchEnd) {
+        if (!send(batchStart, batchEnd)) return;
+        batchStart = -1;
+      }
       const length = (prefixBytes + view.getUint32(at + 4, true) + view.getUint32(at + 8, true) + 7) & ~7;
       sealFrame(view, at, (from, n) => kernel.xxh3(journal.base + from, n));
       const slot = (sentHead + sentCount) % sentSeq.length;
