@@ -83,6 +83,8 @@ export class Channel {
   private handledState: number = ChannelState.connecting;
   private reconnectDelayMs: number;
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Resolves Channel.start once the worker has taken the journal. */
+  private onStarted: (() => void) | undefined;
   private watching = false;
   private stopped = false;
 
@@ -104,8 +106,16 @@ export class Channel {
     }
     const worker = await spawnWorker('channel');
     const channel = new Channel(options, worker, journal, events);
+    let startFailed: (e: Error) => void = () => {};
+    const started = new Promise<void>((resolve, reject) => {
+      channel.onStarted = resolve;
+      startFailed = reject;
+    });
     worker.onMessage((m) => channel.onWorkerMessage(m));
-    worker.onError((e) => channel.onWorkerDied(e));
+    worker.onError((e) => {
+      startFailed(errors.WORKER(`The channel worker for ${options.url} died while starting: ${e.message}`));
+      channel.onWorkerDied(e);
+    });
     const config: ChannelConfig = {
       url: options.url,
       journal: journal.toShared(),
@@ -118,6 +128,8 @@ export class Channel {
       heartbeatsMissedMax: options.heartbeatsMissedMax ?? 3,
     };
     worker.post({ type: 'start', config });
+    // The worker touches every page of the ring first (workers/channel.ts says why).
+    await started;
     channel.watch();
     return channel;
   }
@@ -317,6 +329,8 @@ export class Channel {
       this.lastError = fromPlain(m.error!);
       this.react();
       this.handleFailure();
+    } else if (m.type === 'started') {
+      this.onStarted?.();
     } else if (m.type === 'connected') {
       this.react();
       this.events.onConnected(m.welcome ?? []);
