@@ -14,7 +14,9 @@
  * chunk itself when the chunk lies in a kernel area (`kernelArea`, a
  * socket's reused read buffer) and holds the whole frame: the frame is then
  * checked where it lies, with no copy. Either way the view is valid only
- * during the call: copy it (into the volume) before returning.
+ * during the call: copy it (into the volume) before returning. A link that
+ * can choose where its reads land asks `readTarget()` first, so that the
+ * rest of a long frame is read into the staging area directly.
  */
 import { Unpackr } from 'msgpackr';
 import { errors, type BlockmirrorError } from './errors.ts';
@@ -35,6 +37,9 @@ export interface FrameDecoderOptions {
   onFrame: (frame: Frame) => void;
   onError: (error: BlockmirrorError) => void;
 }
+
+/** Shortest rest of a frame worth reading straight into the staging area (see readTarget). */
+export const steerBytesMin = 32 * 1024;
 
 const headerUnpackr = new Unpackr({ useRecords: false, moreTypes: false, mapsAsObjects: true });
 
@@ -97,7 +102,9 @@ export class FrameDecoder {
         if (this.failed) return;
       }
       const n = Math.min(this.need - this.have, chunk.length - at);
-      this.staging.set(at === 0 && n === chunk.length ? chunk : chunk.subarray(at, at + n), this.have);
+      // A read steered by readTarget() already lies where it belongs.
+      const placed = at === 0 && chunk.buffer === this.staging.buffer && chunk.byteOffset === this.staging.byteOffset + this.have;
+      if (!placed) this.staging.set(at === 0 && n === chunk.length ? chunk : chunk.subarray(at, at + n), this.have);
       this.have += n;
       at += n;
       if (this.have < this.need) return;
@@ -110,6 +117,18 @@ export class FrameDecoder {
         this.deliver(this.staging, this.view, 0, this.kernel, KERNEL_HEADER_BYTES);
       }
     }
+  }
+
+  /**
+   * Where the next read of the link should land (`Link.steer`): the rest of
+   * a frame whose start is already staged, when that rest is long enough to
+   * be worth a read of its own. Fed back to `feed`, such a read is taken
+   * where it lies: a long frame cut by the end of a read is then copied only
+   * for the part that read held. Undefined: read into the link's own buffer.
+   */
+  readTarget(): Uint8Array | undefined {
+    if (this.failed || this.have < prefixBytes || this.need - this.have < steerBytesMin) return undefined;
+    return this.staging.subarray(this.have, this.need);
   }
 
   /**

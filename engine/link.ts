@@ -42,6 +42,15 @@ export interface Link {
   /** Bytes queued but not yet handed to the OS. */
   buffered(): number;
   onData(listener: (chunk: Uint8Array) => void): void;
+  /**
+   * Where the next reads land, on a link that reads into a reused buffer
+   * (`ListenOptions.readBuffer`, Node's tcp://): `next` is asked before each
+   * read and returns the bytes to read into (the read fills at most all of
+   * them), or undefined for the link's own buffer. The chunk handed to
+   * `onData` is then a view of what `next` returned. Other links have no
+   * `steer`: their reads land where the runtime puts them.
+   */
+  steer?(next: () => Uint8Array | undefined): void;
   /** Called once, however the link ended. */
   onClose(listener: (reason: string) => void): void;
   onDrain(listener: () => void): void;
@@ -153,14 +162,15 @@ export function connect(url: string, timeoutMs = 5000): Promise<Link> {
  * 64 KiB buffer for every read. Node offers `onread` only when a socket is
  * constructed, so the accepted one hands its handle to a new socket, which
  * keeps the server's connection count. `deliver` gets each read as a view of
- * `buffer`, valid only during the call.
+ * `buffer`, valid only during the call. `buffer` may be a function: it is
+ * then asked for the buffer of each read, just before the read.
  *
  * With its own buffer a paused socket really stops reading (a plain one reads
  * on into its queue), so it would not see the peer's close: the returned
  * `end` reads again before ending. Node only; undefined (use `accepted` as
  * it is, resumed) where the socket has no handle to hand over.
  */
-export function adoptReadBuffer(server: net.Server, accepted: net.Socket, buffer: Uint8Array, deliver: (chunk: Uint8Array) => void): { socket: net.Socket; end: () => void } | undefined {
+export function adoptReadBuffer(server: net.Server, accepted: net.Socket, buffer: Uint8Array | (() => Uint8Array), deliver: (chunk: Uint8Array) => void): { socket: net.Socket; end: () => void } | undefined {
   const internal = accepted as unknown as { _handle: unknown };
   const handle = internal._handle;
   if (!handle) return undefined;
@@ -190,9 +200,13 @@ export function adoptReadBuffer(server: net.Server, accepted: net.Socket, buffer
 
 function readerLink(server: net.Server, accepted: net.Socket, buffer: Uint8Array): Link {
   let listener: ((chunk: Uint8Array) => void) | undefined;
+  let steer: (() => Uint8Array | undefined) | undefined;
   const early: Uint8Array[] = [];
+  // Node asks for the buffer of each read just before it (a function `onread.buffer`), so a
+  // consumer can have the rest of a long frame read straight to where it gathers frames.
+  const next = () => (steer && steer()) || buffer;
   // Before onData is called (never in practice: the session listens at once) keep a copy.
-  const adopted = adoptReadBuffer(server, accepted, buffer, (chunk) => (listener ? listener(chunk) : early.push(chunk.slice())));
+  const adopted = adoptReadBuffer(server, accepted, next, (chunk) => (listener ? listener(chunk) : early.push(chunk.slice())));
   if (!adopted) {
     accepted.resume();
     return tcpLink(accepted);
@@ -203,7 +217,7 @@ function readerLink(server: net.Server, accepted: net.Socket, buffer: Uint8Array
     for (const chunk of early.splice(0)) l(chunk);
   });
   socket.resume();
-  return { ...link, end };
+  return { ...link, end, steer: (f) => void (steer = f) };
 }
 
 function tcpLink(socket: net.Socket, onData: (listener: (chunk: Uint8Array) => void) => void = (l) => void socket.on('data', l)): Link {

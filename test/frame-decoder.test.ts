@@ -148,6 +148,57 @@ test('in place: whole frames are handed on as views of the read buffer, a frame 
   assert.equal(views[2]!.slice(), payload);
 });
 
+/**
+ * Feeds `stream` as a socket with a steerable read buffer would (Node's
+ * tcp:// on the secondary): before each read it asks `readTarget()` and
+ * reads into what that returns, else into the reused read area. Each read
+ * takes a random length up to what its target holds.
+ */
+function collectSteered(stream: Uint8Array, random: () => number, bytesMax: number) {
+  const frames: Uint8Array[] = [];
+  let error: string | undefined;
+  let steered = 0;
+  const decoder = new FrameDecoder({ payloadBytesMax: bytesMax, onFrame: (f) => frames.push(f.payload.slice()), onError: (e) => (error = e.code) });
+  for (let at = 0; at < stream.length && !error; ) {
+    const target = decoder.readTarget() ?? readArea;
+    if (target !== readArea) steered++;
+    const n = Math.min(target.length, stream.length - at, 1 + Math.floor(random() * 96 * 1024));
+    target.set(stream.subarray(at, at + n));
+    decoder.feed(target.subarray(0, n));
+    if (target === readArea) readArea.fill(0xa5, 0, n);
+    at += n;
+  }
+  return { frames, error, steered };
+}
+
+test('steered reads: the rest of a long frame read straight into the staging area gives the same frames, and a damaged one is still refused', () => {
+  const seed = testSeed();
+  const random = prng(seed);
+  const bytesMax = 256 * 1024;
+  const big = new FrameEncoder(bytesMax);
+  for (let round = 0; round < 20; round++) {
+    const payloads = Array.from({ length: 12 }, () => randomBytes(random, random() < 0.3 ? 1 + Math.floor(random() * 100) : 1 + Math.floor(random() * bytesMax)));
+    const encoded = payloads.map((p, i) => big.encode([FrameType.write, i, 0, 0, 0], p));
+    const stream = concat(encoded);
+    const { frames, error, steered } = collectSteered(stream, random, bytesMax);
+    assert.is(error, undefined, `seed ${seed}`);
+    assert.ok(steered > 0, `seed ${seed}: some reads were steered`);
+    assert.is(frames.length, payloads.length);
+    frames.forEach((f, i) => assert.equal(f, payloads[i], `seed ${seed}, frame ${i}`));
+    // A bit flipped near the end of the longest frame, in the part most likely to arrive by a steered read.
+    const longest = payloads.reduce((m, p, i) => (p.length > payloads[m]!.length ? i : m), 0);
+    const start = encoded.slice(0, longest).reduce((n, e) => n + e.length, 0);
+    const frame = encoded[longest]!;
+    // The payload's end, not the frame's: the zero padding after it is not checked.
+    const payloadEnd = start + prefixBytes + new DataView(frame.buffer, frame.byteOffset).getUint32(4, true) + payloads[longest]!.length;
+    const bad = stream.slice();
+    bad[payloadEnd - 1 - Math.floor(random() * Math.min(64, payloads[longest]!.length))]! ^= 0x04;
+    const damaged = collectSteered(bad, random, bytesMax);
+    assert.is(damaged.error, 'BM_ERR_FRAME_CHECKSUM', `seed ${seed}`);
+    assert.is(damaged.frames.length, longest, `seed ${seed}: the frames before the damaged one, and none after`);
+  }
+});
+
 /** A frame with a correct checksum around an arbitrary header byte string. */
 function sealed(headerBytes: Uint8Array, payload = new Uint8Array(0)): Uint8Array {
   const memory = new WebAssembly.Memory({ initial: 2, maximum: 2, shared: true });

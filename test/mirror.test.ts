@@ -8,6 +8,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Primary, type PrimaryEvent } from '../engine/primary.ts';
 import { Secondary } from '../engine/secondary.ts';
+import { FrameDecoder } from '../engine/frame-decoder.ts';
 import { FaultProxy } from '../bench/fault-proxy.ts';
 import { alignedFrameBytes, FrameType, headerPackr, prefixBytes } from '../engine/frame.ts';
 import { Control, type Journal } from '../engine/journal.ts';
@@ -247,6 +248,45 @@ test('tcp: stalled acknowledgements fail the link by deadline; writes complete l
     sameImages(setup.dir, ['db', 'log'], `seed ${seed}`);
   } finally {
     await setup.stop();
+  }
+});
+
+test('tcp: large async writes cut across reads arrive intact (on Node the rest of a long frame is read straight into the staging area)', async () => {
+  const seed = testSeed();
+  const random = prng(seed);
+  const { dir, cleanup } = tempDir('bm-mirror-');
+  // Count the reads the secondary steered: Node's tcp:// link steers, the other runtimes' links do not.
+  const readTarget = FrameDecoder.prototype.readTarget;
+  let steered = 0;
+  FrameDecoder.prototype.readTarget = function (this: FrameDecoder) {
+    const target = readTarget.call(this);
+    if (target) steered++;
+    return target;
+  };
+  const secondary = await Secondary.start({ dir: path.join(dir, 's'), listen: ['tcp://127.0.0.1:0'] });
+  const primary = await Primary.start({ dir: path.join(dir, 'p'), volumes: [{ name: 'db', size: 8 << 20 }], mirror: secondary.urls[0]!, mode: 'async', pool: 'none' });
+  try {
+    await primary.waitDuplex(10_000);
+    const pair = primary.volume('db');
+    let issued = 0;
+    const lane = async () => {
+      while (issued++ < 48) {
+        const length = 1 + Math.floor(random() * (1 << 20));
+        await pair.write(Math.floor(random() * (pair.size - length)), randomBytes(random, length));
+      }
+    };
+    await Promise.all([lane(), lane(), lane(), lane()]);
+    assert.ok(await primary.drain(), `seed ${seed}: drained`);
+    await primary.close();
+    await secondary.close();
+    sameImages(dir, ['db'], `seed ${seed}`);
+    const g = globalThis as { Bun?: unknown; Deno?: unknown };
+    if (!g.Bun && !g.Deno) assert.ok(steered > 0, `seed ${seed}: no read was steered on Node`);
+  } finally {
+    FrameDecoder.prototype.readTarget = readTarget;
+    await primary.close();
+    await secondary.close();
+    cleanup();
   }
 });
 
