@@ -289,8 +289,8 @@ function serve(socket: net.Socket, exports: Map<string, NbdTarget>, readOnly: bo
           }
           return reply(handle, 0);
         }
-        // The payload view aliases the input queue: copy it before the next chunk arrives.
-        return finishLater(handle, t.write(offset, payload!.slice(), { fua }));
+        // The payload view aliases the input queue; write() has read it (or copied it) by the time it returns.
+        return finishLater(handle, t.write(offset, payload!, { fua }));
       case NBD.cmdWriteZeroes:
         if (readOnly) return reply(handle, NBD.EPERM);
         if (past) return reply(handle, NBD.ENOSPC);

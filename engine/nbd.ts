@@ -72,6 +72,7 @@ export interface NbdTarget {
   readonly size: number;
   readonly blockSize?: number;
   read(offset: number, length: number): Uint8Array;
+  /** Reads `data` before it returns (the caller may reuse the buffer); resolves when the write is complete. */
   write(offset: number, data: Uint8Array, options?: { fua?: boolean }): Promise<void>;
   /**
    * For a target whose writes complete at once (a plain volume): the write,

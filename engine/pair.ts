@@ -200,6 +200,13 @@ export class Pair {
     return this.volume.read(offset, length);
   }
 
+  /**
+   * Writes `data` at `offset`; resolves when the write is complete (sync
+   * mode: the secondary has applied it). `data` is read before this returns:
+   * the caller may reuse its buffer at once. A record admitted at once (the
+   * usual case) is applied and appended from `data` itself; a write that
+   * must wait (for room in the journal, for the gate) copies `data` first.
+   */
   async write(offset: number, data: Uint8Array, options: WriteOptions = {}): Promise<void> {
     this.volume.checkWrite(offset, data);
     if (data.length === 0) return;
@@ -207,9 +214,15 @@ export class Pair {
     this.writes++;
     const flags = options.fua ? WriteFlag.fua : 0;
     let last = -1;
+    let owned = false;
     for (let done = 0; done < data.length; ) {
       const n = Math.min(this.channel.payloadBytesMax, data.length - done);
-      if ((await this.admit(n)) === 'record') {
+      let how: 'mirror' | 'record' = 'mirror';
+      if (!this.admitNow(n)) {
+        if (!owned) (data = data.slice()), (owned = true);
+        how = await this.admit(n);
+      }
+      if (how === 'record') {
         // Not mirrored: apply locally and record what the secondary now lacks.
         const rest = data.subarray(done);
         try {
@@ -306,6 +319,11 @@ export class Pair {
     }
     if ((await this.admit(0)) === 'record') return;
     await this.complete(this.channel.appendFlush(), true);
+  }
+
+  /** Admission without waiting: 'mirror' granted now (room reserved), else false (call `admit`). */
+  private admitNow(payloadBytes: number): boolean {
+    return !this.volume.closed && !this.gate.blocked && this.mirroring && this.channel.tryRoom(this.channel.recordBytes(payloadBytes));
   }
 
   /**

@@ -290,6 +290,35 @@ test('tcp: large async writes cut across reads arrive intact (on Node the rest o
   }
 });
 
+for (const scheme of ['tcp', 'ws'] as const) {
+  test(`${scheme}: a write's buffer may be reused as soon as write() returns, whether admitted at once or after waiting for room`, async () => {
+    const seed = testSeed();
+    const random = prng(seed);
+    // 64 writes of 64 KiB against a 1 MiB journal: the first few are admitted at once, the rest wait for room.
+    const setup = await mirrorPair({ scheme, mode: 'async', volumes: [{ name: 'db', size: 4 << 20 }] });
+    try {
+      const pair = setup.primary.volume('db');
+      const expected = new Uint8Array(pair.size);
+      const pending: Promise<void>[] = [];
+      for (let slot = 0; slot < 64; slot++) {
+        const data = randomBytes(random, 64 * KiB);
+        expected.set(data, slot * 64 * KiB);
+        pending.push(pair.write(slot * 64 * KiB, data));
+        data.fill(0xee); // the caller reuses its buffer at once
+      }
+      await Promise.all(pending);
+      assert.ok(await setup.primary.drain(), `seed ${seed}: drained`);
+      const here = pair.read(0, pair.size);
+      assert.is(here.findIndex((b, i) => b !== expected[i]), -1, `seed ${seed}: the primary holds what was written`);
+      await setup.primary.close();
+      await setup.secondary.close();
+      sameImages(setup.dir, ['db'], `seed ${seed}`);
+    } finally {
+      await setup.stop();
+    }
+  });
+}
+
 test('a missing or wrong secret is refused with BM_ERR_AUTH, and nothing is mirrored', async () => {
   const secret = new TextEncoder().encode('correct horse battery staple');
   for (const [label, primarySecret] of [
