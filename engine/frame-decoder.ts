@@ -39,7 +39,7 @@ export interface FrameDecoderOptions {
 }
 
 /** Shortest rest of a frame worth reading straight into the staging area (see readTarget). */
-export const steerBytesMin = 32 * 1024;
+const steerBytesMin = 32 * 1024;
 
 const headerUnpackr = new Unpackr({ useRecords: false, moreTypes: false, mapsAsObjects: true });
 

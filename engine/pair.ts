@@ -204,8 +204,9 @@ export class Pair {
    * Writes `data` at `offset`; resolves when the write is complete (sync
    * mode: the secondary has applied it). `data` is read before this returns:
    * the caller may reuse its buffer at once. A record admitted at once (the
-   * usual case) is applied and appended from `data` itself; a write that
-   * must wait (for room in the journal, for the gate) copies `data` first.
+   * usual case) is applied and appended from `data` itself; any other write
+   * (one that waits for room in the journal or for the gate, or one made
+   * while the pair is not mirroring) copies `data` first.
    */
   async write(offset: number, data: Uint8Array, options: WriteOptions = {}): Promise<void> {
     this.volume.checkWrite(offset, data);
@@ -321,7 +322,7 @@ export class Pair {
     await this.complete(this.channel.appendFlush(), true);
   }
 
-  /** Admission without waiting: 'mirror' granted now (room reserved), else false (call `admit`). */
+  /** `admit` without waiting: true when the record may be applied and appended now (its room is reserved); false: call `admit`. */
   private admitNow(payloadBytes: number): boolean {
     return !this.volume.closed && !this.gate.blocked && this.mirroring && this.channel.tryRoom(this.channel.recordBytes(payloadBytes));
   }
