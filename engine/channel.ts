@@ -395,7 +395,7 @@ export class Channel {
       const header = ringUnpackr.unpack(ring.subarray(at + prefixBytes, at + prefixBytes + h)) as number[];
       if (header[0] === FrameType.write && ((header[4] ?? 0) & WriteFlag.resync) === 0) lost.push({ type: header[0], volume: header[2]!, offset: header[3]!, length: p });
       else if (header[0] === FrameType.zeroes) lost.push({ type: header[0], volume: header[2]!, offset: header[3]!, length: header[4]! });
-      pos = (pos + ((prefixBytes + h + p + 7) & ~7)) | 0;
+      pos = (pos + alignedFrameBytes(h, p)) | 0;
     }
     return lost;
   }

@@ -20,7 +20,7 @@
  */
 import { Unpackr } from 'msgpackr';
 import { errors, type BlockmirrorError } from './errors.ts';
-import { FrameType, frameMagic, objectFrameTypes, objectPayloadFrameTypes, headerBytesMax, payloadBytesMaxDefault, prefixBytes, type FrameTypeValue } from './frame.ts';
+import { alignedFrameBytes, FrameType, frameMagic, objectFrameTypes, objectPayloadFrameTypes, headerBytesMax, payloadBytesMaxDefault, payloadStart, prefixBytes, type FrameTypeValue } from './frame.ts';
 import { instantiateKernel, KERNEL_HEADER_BYTES, kernelMemory, kernelOf, type Kernel } from './kernel.ts';
 
 export interface Frame {
@@ -167,7 +167,7 @@ export class FrameDecoder {
       this.fail(errors.FRAME_TOO_LARGE(`Cannot read frame: payload length ${p} is over ${this.payloadBytesMax}`));
       return undefined;
     }
-    return (prefixBytes + h + p + 7) & ~7;
+    return alignedFrameBytes(h, p);
   }
 
   /** Checks the whole frame at `base` of `bytes` (hashed by `kernel` at `address`) and hands it on. */
@@ -175,9 +175,11 @@ export class FrameDecoder {
     const h = v.getUint32(base + 4, true);
     const p = v.getUint32(base + 8, true);
     const expected = v.getBigUint64(base + 16, true);
-    const actual = kernel.xxh3(address + prefixBytes, h + p);
+    const payloadAt = base + payloadStart(h);
+    const actual = kernel.xxh3(address + prefixBytes, payloadAt - base - prefixBytes + p);
     if (expected !== actual) return this.fail(errors.FRAME_CHECKSUM(`Cannot read frame: checksum mismatch (got ${actual.toString(16)}, frame says ${expected.toString(16)})`));
     const from = base + prefixBytes;
+    for (let i = from + h; i < payloadAt; i++) if (bytes[i] !== 0) return this.fail(errors.FRAME_HEADER('Cannot read frame header: its padding is not zero'));
     let header: unknown;
     try {
       header = headerUnpackr.unpack(bytes.subarray(from, from + h));
@@ -187,7 +189,7 @@ export class FrameDecoder {
     const problem = checkShape(header, p);
     if (problem) return this.fail(problem.startsWith('unknown') ? errors.FRAME_TYPE(`Cannot read frame: ${problem}`) : errors.FRAME_HEADER(`Cannot read frame header: ${problem}`));
     const h0 = header as unknown[];
-    this.onFrame({ type: h0[0] as FrameTypeValue, header: h0, payload: bytes.subarray(from + h, from + h + p) });
+    this.onFrame({ type: h0[0] as FrameTypeValue, header: h0, payload: bytes.subarray(payloadAt, payloadAt + p) });
   }
 
   private fail(error: BlockmirrorError): void {

@@ -97,8 +97,22 @@ export const WriteFlag = {
 /** One msgpack encoder for frame headers: plain arrays, no records, no extension types. */
 export const headerPackr = new Packr({ useRecords: false, moreTypes: false, variableMapSize: true, encodeUndefinedAsNil: true });
 
+/**
+ * Where a frame's payload starts, from the frame's start: after the prefix
+ * and the header, the header padded with zeroes to a multiple of 8 bytes.
+ * Frames start on multiples of 8, so a payload lies 8-byte aligned wherever
+ * its frame does. That matters for speed on V8 (Node, Deno): copying into
+ * shared memory (a volume, the journal ring) from a source whose address
+ * differs from the destination's modulo 8 goes byte by byte, about 4 GB/s
+ * here instead of 15 to 18.
+ */
+export function payloadStart(headerBytes: number): number {
+  return prefixBytes + ((headerBytes + 7) & ~7);
+}
+
+/** A frame's whole length: prefix, padded header, payload, padded to a multiple of 8. */
 export function alignedFrameBytes(headerBytes: number, payloadBytes: number): number {
-  return (prefixBytes + headerBytes + payloadBytes + 7) & ~7;
+  return (payloadStart(headerBytes) + payloadBytes + 7) & ~7;
 }
 
 /**
@@ -114,15 +128,16 @@ export function writeFrame(target: Uint8Array, view: DataView, at: number, heade
   view.setUint32(at + 12, 0, true);
   view.setBigUint64(at + 16, 0n, true);
   target.set(header, at + prefixBytes);
-  if (payload) target.set(payload, at + prefixBytes + header.length);
-  const end = at + prefixBytes + header.length + p;
+  const payloadAt = at + payloadStart(header.length);
+  target.fill(0, at + prefixBytes + header.length, payloadAt);
+  if (payload) target.set(payload, payloadAt);
   const bytes = alignedFrameBytes(header.length, p);
-  target.fill(0, end, at + bytes);
+  target.fill(0, payloadAt + p, at + bytes);
   return bytes;
 }
 
 /** Fills the checksum of the frame at `at` from its header and payload bytes. */
 export function sealFrame(view: DataView, at: number, checksum: (from: number, length: number) => bigint): void {
-  const length = view.getUint32(at + 4, true) + view.getUint32(at + 8, true);
+  const length = payloadStart(view.getUint32(at + 4, true)) - prefixBytes + view.getUint32(at + 8, true);
   view.setBigUint64(at + 16, checksum(at + prefixBytes, length), true);
 }

@@ -33,7 +33,7 @@ import type { ResyncTarget } from './resync-target.ts';
 import type { SourceGeneration, ResyncPlan } from './resync-plan.ts';
 import { decodeJson, encodeJson } from './json-payload.ts';
 
-export const protocolVersion = 2;
+export const protocolVersion = 3;
 /** A primary must complete the handshake within this time. */
 export const handshakeTimeoutMs = 10_000;
 /** Most volumes one link may carry. */

@@ -6,7 +6,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { FrameDecoder, type Frame } from '../engine/frame-decoder.ts';
 import { FrameEncoder } from '../engine/frame-encoder.ts';
-import { FrameType, headerPackr, prefixBytes, sealFrame, writeFrame } from '../engine/frame.ts';
+import { FrameType, headerPackr, payloadStart, prefixBytes, sealFrame, writeFrame } from '../engine/frame.ts';
 import { instantiateKernel, KERNEL_HEADER_BYTES, kernelArea, writeKernelHeader } from '../engine/kernel.ts';
 import { prng, randomBytes, testSeed } from './helpers.ts';
 
@@ -138,8 +138,8 @@ test('in place: whole frames are handed on as views of the read buffer, a frame 
   assert.is(views.length, 2);
   assert.is(views[0]!.buffer, readArea.buffer, 'a whole frame is not copied');
   const headerBytes = new DataView(frame.buffer, frame.byteOffset).getUint32(4, true);
-  assert.is(views[0]!.byteOffset, readArea.byteOffset + prefixBytes + headerBytes, 'the payload view starts where the payload lies in the read');
-  assert.is(views[1]!.byteOffset, readArea.byteOffset + frame.length + prefixBytes + headerBytes);
+  assert.is(views[0]!.byteOffset, readArea.byteOffset + payloadStart(headerBytes), 'the payload view starts where the payload lies in the read');
+  assert.is(views[1]!.byteOffset, readArea.byteOffset + frame.length + payloadStart(headerBytes));
   assert.equal(views[1]!.slice(), payload);
   // The rest of the third frame arrives in the next read, over the same buffer.
   decoder.feed(fromReadArea(frame.subarray(cut)));
@@ -190,7 +190,7 @@ test('steered reads: the rest of a long frame read straight into the staging are
     const start = encoded.slice(0, longest).reduce((n, e) => n + e.length, 0);
     const frame = encoded[longest]!;
     // The payload's end, not the frame's: the zero padding after it is not checked.
-    const payloadEnd = start + prefixBytes + new DataView(frame.buffer, frame.byteOffset).getUint32(4, true) + payloads[longest]!.length;
+    const payloadEnd = start + payloadStart(new DataView(frame.buffer, frame.byteOffset).getUint32(4, true)) + payloads[longest]!.length;
     const bad = stream.slice();
     bad[payloadEnd - 1 - Math.floor(random() * Math.min(64, payloads[longest]!.length))]! ^= 0x04;
     const damaged = collectSteered(bad, random, bytesMax);
@@ -234,6 +234,51 @@ test('headers that are not msgpack or have the wrong shape: BM_ERR_FRAME_HEADER;
     assert.is(frames.length, 0);
   }
 });
+
+test('payloads start 8-byte aligned in the frame for every header length; header padding that is not zero is refused', () => {
+  // Headers of every length from 1 to 40 bytes: a msgpack str of n - 1 characters under a fixstr/str8 tag is
+  // not a valid header shape, so build write headers whose offset field grows instead, plus raw strings.
+  const headers: Uint8Array[] = [];
+  for (const offset of [0, 200, 70_000, 2 ** 33]) headers.push(headerPackr.pack([FrameType.write, 1, 0, offset, 0]) as Uint8Array);
+  for (let n = 1; n <= 40; n++) headers.push(headerPackr.pack('x'.repeat(Math.max(0, n - (n > 32 ? 2 : 1)))) as Uint8Array);
+  const lengths = new Set(headers.map((h) => h.length));
+  assert.ok(lengths.size >= 30, `header lengths ${[...lengths].join(',')}`);
+  for (const header of headers) {
+    const payload = new Uint8Array(13).map((_, i) => i + 1);
+    const frame = sealed(header, payload);
+    const at = payloadStart(header.length);
+    assert.is(at % 8, 0, `header of ${header.length} bytes`);
+    assert.ok(at >= prefixBytes + header.length && at < prefixBytes + header.length + 8);
+    assert.equal(frame.subarray(at, at + payload.length), payload, `the payload lies at ${at}`);
+    assert.is(frame.length % 8, 0);
+    for (let i = prefixBytes + header.length; i < at; i++) assert.is(frame[i], 0, 'header padding is zero');
+  }
+  // A well-formed write whose header leaves padding; a byte of that padding set, and the checksum made to match.
+  const header = headerPackr.pack([FrameType.write, 1, 0, 0, 0]) as Uint8Array;
+  assert.ok(header.length % 8 !== 0, 'this header leaves padding');
+  for (const inPlace of both) {
+    const good = sealed(header, new Uint8Array(64).fill(5));
+    const { frames } = collect([good], inPlace);
+    assert.is(frames.length, 1);
+    const bad = resealedWithPadding(header, new Uint8Array(64).fill(5), 0x7f);
+    const got = collect([concat([good, bad])], inPlace);
+    assert.is(got.error, 'BM_ERR_FRAME_HEADER');
+    assert.is(got.frames.length, 1, 'only the good frame is handed on');
+  }
+});
+
+/** A frame like `sealed` but with the last byte of the header padding set to `value`, sealed again over it. */
+function resealedWithPadding(headerBytes: Uint8Array, payload: Uint8Array, value: number): Uint8Array {
+  const memory = new WebAssembly.Memory({ initial: 2, maximum: 2, shared: true });
+  writeKernelHeader(memory);
+  const kernel = instantiateKernel(memory);
+  const bytes = new Uint8Array(memory.buffer, KERNEL_HEADER_BYTES);
+  const view = new DataView(memory.buffer, KERNEL_HEADER_BYTES);
+  const n = writeFrame(bytes, view, 0, headerBytes, payload);
+  bytes[payloadStart(headerBytes.length) - 1] = value;
+  sealFrame(view, 0, (from, length) => kernel.xxh3(KERNEL_HEADER_BYTES + from, length));
+  return bytes.slice(0, n);
+}
 
 test('fuzz: 100k random and mutated streams never crash the decoder and never pass a damaged frame', () => {
   const seed = testSeed();

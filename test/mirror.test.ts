@@ -10,7 +10,7 @@ import { Primary, type PrimaryEvent } from '../engine/primary.ts';
 import { Secondary } from '../engine/secondary.ts';
 import { FrameDecoder } from '../engine/frame-decoder.ts';
 import { FaultProxy } from '../bench/fault-proxy.ts';
-import { alignedFrameBytes, FrameType, headerPackr, prefixBytes } from '../engine/frame.ts';
+import { alignedFrameBytes, FrameType, headerPackr, payloadStart } from '../engine/frame.ts';
 import { Control, type Journal } from '../engine/journal.ts';
 import { prng, randomBytes, tempDir, testSeed } from './helpers.ts';
 
@@ -208,7 +208,7 @@ for (const scheme of ['tcp', 'ws'] as const) {
         if (pair.state !== 'duplex') break;
         const offset = Math.floor(random() * (pair.size - 64 * KiB));
         const header = headerPackr.pack([FrameType.write, channel.nextSeq, 0, offset, 0]) as Uint8Array;
-        const length = capacity - place() - prefixBytes - header.length;
+        const length = capacity - place() - payloadStart(header.length);
         assert.is(alignedFrameBytes(header.length, length), capacity - place(), 'the crafted record fills the ring exactly');
         // The exact record and a burst after it in one turn, so the worker finds them together.
         const burst = [pair.write(offset, randomBytes(random, length))];

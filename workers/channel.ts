@@ -27,7 +27,7 @@ import { BlockmirrorError, errors } from '../engine/errors.ts';
 import { newNonce, proof, proofMatches } from '../engine/auth.ts';
 import { FrameDecoder, type Frame } from '../engine/frame-decoder.ts';
 import { FrameEncoder } from '../engine/frame-encoder.ts';
-import { FrameType, sealFrame, prefixBytes } from '../engine/frame.ts';
+import { alignedFrameBytes, FrameType, sealFrame } from '../engine/frame.ts';
 import { instantiateKernel, type Kernel } from '../engine/kernel.ts';
 import { connect, type Link } from '../engine/link.ts';
 import { protocolVersion } from '../engine/secondary-session.ts';
@@ -248,7 +248,7 @@ function drain(): void {
         if (!send(batchStart, batchEnd)) return;
         batchStart = -1;
       }
-      const length = (prefixBytes + view.getUint32(at + 4, true) + view.getUint32(at + 8, true) + 7) & ~7;
+      const length = alignedFrameBytes(view.getUint32(at + 4, true), view.getUint32(at + 8, true));
       sealFrame(view, at, (from, n) => kernel.xxh3(journal.base + from, n));
       const slot = (sentHead + sentCount) % sentSeq.length;
       sentSeq[slot] = sendSeq;
