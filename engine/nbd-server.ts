@@ -333,7 +333,7 @@ function serve(socket: net.Socket, exports: Map<string, NbdTarget>, readOnly: bo
         if (input.length < pending.length) return;
         const p = pending;
         pending = undefined;
-        const payload = input.take(p.length);
+        const payload = input.takeAligned(p.length);
         start(p.type, p.flags, p.handle, p.offset, p.length, payload);
         continue;
       }

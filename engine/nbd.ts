@@ -90,6 +90,8 @@ export class ByteQueue {
   private buffer = new Uint8Array(64 * 1024);
   private start = 0;
   private end = 0;
+  /** Where `takeAligned` copies bytes that do not lie on a multiple of 8. */
+  private aligned = new Uint8Array(0);
 
   get length(): number {
     return this.end - this.start;
@@ -123,5 +125,23 @@ export class ByteQueue {
     this.start += n;
     if (this.start === this.end) this.start = this.end = 0;
     return view;
+  }
+
+  /**
+   * Like `take`, but the view starts on a multiple of 8 bytes in memory:
+   * bytes that lie elsewhere are first copied into an area this queue
+   * reuses (valid until the next `takeAligned`). For write payloads: an NBD
+   * request header is 28 bytes, so a payload usually lies 4 bytes off, and
+   * V8 copies into shared memory (the volume, the journal ring) byte by byte
+   * from a source whose address differs from the destination's modulo 8,
+   * 4 times slower than one plain copy first and an aligned copy after.
+   */
+  takeAligned(n: number): Uint8Array {
+    const view = this.take(n);
+    if ((view.byteOffset & 7) === 0) return view;
+    if (this.aligned.length < n) this.aligned = new Uint8Array(Math.max(n, 64 * 1024));
+    const out = this.aligned.subarray(0, n);
+    out.set(view);
+    return out;
   }
 }

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { NbdServer } from '../engine/nbd-server.ts';
-import { NBD } from '../engine/nbd.ts';
+import { ByteQueue, NBD } from '../engine/nbd.ts';
 import { Primary } from '../engine/primary.ts';
 import { Secondary } from '../engine/secondary.ts';
 import { Volume } from '../engine/volume.ts';
@@ -315,6 +315,49 @@ test('bad handshakes and requests get the error the spec prescribes or a clean c
     await ro.close();
     await volume.close();
     cleanup();
+  }
+});
+
+test('ByteQueue.takeAligned: write payloads come out 8-byte aligned and byte-exact, whatever the chunking', () => {
+  const seed = testSeed();
+  const random = prng(seed);
+  for (let round = 0; round < 200; round++) {
+    const queue = new ByteQueue();
+    // A stream of 28-byte request heads, each followed by a payload, cut into random chunks.
+    const payloads = Array.from({ length: 1 + Math.floor(random() * 12) }, () => randomBytes(random, 1 + Math.floor(random() * 9000)));
+    const stream = new Uint8Array(payloads.reduce((n, p) => n + 28 + p.length, 0));
+    let at = 0;
+    for (const p of payloads) {
+      stream.fill(0xee, at, at + 28);
+      stream.set(p, at + 28);
+      at += 28 + p.length;
+    }
+    const taken: Uint8Array[] = [];
+    let next = 0;
+    let want = 28;
+    let head = true;
+    for (let fed = 0; fed < stream.length; ) {
+      const n = Math.min(stream.length - fed, 1 + Math.floor(random() * 20000));
+      queue.push(stream.slice(fed, fed + n));
+      fed += n;
+      while (queue.length >= want) {
+        if (head) {
+          queue.take(28);
+          head = false;
+          want = payloads[next]!.length;
+        } else {
+          const view = queue.takeAligned(want);
+          assert.is(view.byteOffset & 7, 0, `seed ${seed}: aligned`);
+          taken.push(view.slice());
+          next++;
+          head = true;
+          want = 28;
+          if (next === payloads.length) break;
+        }
+      }
+    }
+    assert.is(taken.length, payloads.length, `seed ${seed}`);
+    taken.forEach((t, i) => assert.equal(t, payloads[i], `seed ${seed}, payload ${i}`));
   }
 });
 
