@@ -124,11 +124,19 @@ export class FrameDecoder {
    * a frame whose start is already staged, when that rest is long enough to
    * be worth a read of its own. Fed back to `feed`, such a read is taken
    * where it lies: a long frame cut by the end of a read is then copied only
-   * for the part that read held. Undefined: read into the link's own buffer.
+   * for the part that read held. Otherwise, given the link's own buffer
+   * `readArea`, a view of it that starts a few bytes in when that keeps
+   * the frames of the read aligned. Undefined: read into the link's own
+   * buffer from its start.
    */
-  readTarget(): Uint8Array | undefined {
-    if (this.failed || this.have < prefixBytes || this.need - this.have < steerBytesMin) return undefined;
-    return this.staging.subarray(this.have, this.need);
+  readTarget(readArea?: Uint8Array): Uint8Array | undefined {
+    if (this.failed) return undefined;
+    if (this.have >= prefixBytes && this.need - this.have >= steerBytesMin) return this.staging.subarray(this.have, this.need);
+    // Otherwise into the link's area, `have` bytes (mod 8) in: the rest of a cut frame then ends on a multiple
+    // of 8, so the frames after it, and their payloads, lie 8-byte aligned as well (see payloadStart), and so
+    // does the copy of that rest into the staging area.
+    const skew = this.have & 7;
+    return readArea && skew !== 0 ? readArea.subarray(skew) : undefined;
   }
 
   /**

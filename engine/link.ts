@@ -45,12 +45,13 @@ export interface Link {
   /**
    * Where the next reads land, on a link that reads into a reused buffer
    * (`ListenOptions.readBuffer`, Node's tcp://): `next` is asked before each
-   * read and returns the bytes to read into (the read fills at most all of
-   * them), or undefined for the link's own buffer. The chunk handed to
-   * `onData` is then a view of what `next` returned. Other links have no
+   * read, with the link's own buffer, and returns the bytes to read into
+   * (the read fills at most all of them: a view of that buffer, or other
+   * memory), or undefined for all of the link's own buffer. The chunk handed
+   * to `onData` is then a view of what `next` returned. Other links have no
    * `steer`: their reads land where the runtime puts them.
    */
-  steer?(next: () => Uint8Array | undefined): void;
+  steer?(next: (readArea: Uint8Array) => Uint8Array | undefined): void;
   /** Called once, however the link ended. */
   onClose(listener: (reason: string) => void): void;
   onDrain(listener: () => void): void;
@@ -200,11 +201,11 @@ export function adoptReadBuffer(server: net.Server, accepted: net.Socket, buffer
 
 function readerLink(server: net.Server, accepted: net.Socket, buffer: Uint8Array): Link {
   let listener: ((chunk: Uint8Array) => void) | undefined;
-  let steer: (() => Uint8Array | undefined) | undefined;
+  let steer: ((readArea: Uint8Array) => Uint8Array | undefined) | undefined;
   const early: Uint8Array[] = [];
   // Node asks for the buffer of each read just before it (a function `onread.buffer`), so a
   // consumer can have the rest of a long frame read straight to where it gathers frames.
-  const next = () => (steer && steer()) || buffer;
+  const next = () => (steer && steer(buffer)) || buffer;
   // Before onData is called (never in practice: the session listens at once) keep a copy.
   const adopted = adoptReadBuffer(server, accepted, next, (chunk) => (listener ? listener(chunk) : early.push(chunk.slice())));
   if (!adopted) {

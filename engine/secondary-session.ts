@@ -99,7 +99,7 @@ export class SecondarySession {
       onFrame: (frame) => this.onFrame(frame),
       onError: (error) => this.refuse(error),
     });
-    link.steer?.(() => this.decoder.readTarget());
+    link.steer?.((readArea) => this.decoder.readTarget(readArea));
     link.onData((chunk) => {
       this.decoder.feed(chunk);
       // One acknowledgement for every chunk read in this turn of the event loop, not one per chunk:

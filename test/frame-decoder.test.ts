@@ -150,25 +150,36 @@ test('in place: whole frames are handed on as views of the read buffer, a frame 
 
 /**
  * Feeds `stream` as a socket with a steerable read buffer would (Node's
- * tcp:// on the secondary): before each read it asks `readTarget()` and
- * reads into what that returns, else into the reused read area. Each read
- * takes a random length up to what its target holds.
+ * tcp:// on the secondary): before each read it asks `readTarget(readArea)`
+ * and reads into what that returns (the staging area, or the reused read
+ * area from a few bytes in), else into the read area from its start. Each
+ * read takes a random length up to what its target holds. Counts the
+ * payloads handed on at an address that is not a multiple of 8.
  */
 function collectSteered(stream: Uint8Array, random: () => number, bytesMax: number) {
   const frames: Uint8Array[] = [];
   let error: string | undefined;
   let steered = 0;
-  const decoder = new FrameDecoder({ payloadBytesMax: bytesMax, onFrame: (f) => frames.push(f.payload.slice()), onError: (e) => (error = e.code) });
+  let misaligned = 0;
+  const decoder = new FrameDecoder({
+    payloadBytesMax: bytesMax,
+    onFrame: (f) => {
+      if (f.payload.byteOffset & 7) misaligned++;
+      frames.push(f.payload.slice());
+    },
+    onError: (e) => (error = e.code),
+  });
   for (let at = 0; at < stream.length && !error; ) {
-    const target = decoder.readTarget() ?? readArea;
-    if (target !== readArea) steered++;
+    const target = decoder.readTarget(readArea) ?? readArea;
+    const intoArea = target.buffer === readArea.buffer;
+    if (!intoArea) steered++;
     const n = Math.min(target.length, stream.length - at, 1 + Math.floor(random() * 96 * 1024));
     target.set(stream.subarray(at, at + n));
     decoder.feed(target.subarray(0, n));
-    if (target === readArea) readArea.fill(0xa5, 0, n);
+    if (intoArea) target.fill(0xa5, 0, n);
     at += n;
   }
-  return { frames, error, steered };
+  return { frames, error, steered, misaligned };
 }
 
 test('steered reads: the rest of a long frame read straight into the staging area gives the same frames, and a damaged one is still refused', () => {
@@ -180,9 +191,10 @@ test('steered reads: the rest of a long frame read straight into the staging are
     const payloads = Array.from({ length: 12 }, () => randomBytes(random, random() < 0.3 ? 1 + Math.floor(random() * 100) : 1 + Math.floor(random() * bytesMax)));
     const encoded = payloads.map((p, i) => big.encode([FrameType.write, i, 0, 0, 0], p));
     const stream = concat(encoded);
-    const { frames, error, steered } = collectSteered(stream, random, bytesMax);
+    const { frames, error, steered, misaligned } = collectSteered(stream, random, bytesMax);
     assert.is(error, undefined, `seed ${seed}`);
     assert.ok(steered > 0, `seed ${seed}: some reads were steered`);
+    assert.is(misaligned, 0, `seed ${seed}: every payload was handed on 8-byte aligned, in place or staged`);
     assert.is(frames.length, payloads.length);
     frames.forEach((f, i) => assert.equal(f, payloads[i], `seed ${seed}, frame ${i}`));
     // A bit flipped near the end of the longest frame, in the part most likely to arrive by a steered read.
