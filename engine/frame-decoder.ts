@@ -183,10 +183,11 @@ export class FrameDecoder {
     const h = v.getUint32(base + 4, true);
     const p = v.getUint32(base + 8, true);
     const expected = v.getBigUint64(base + 16, true);
-    const payloadAt = base + payloadStart(h);
-    const actual = kernel.xxh3(address + prefixBytes, payloadAt - base - prefixBytes + p);
-    if (expected !== actual) return this.fail(errors.FRAME_CHECKSUM(`Cannot read frame: checksum mismatch (got ${actual.toString(16)}, frame says ${expected.toString(16)})`));
+    // The checksum covers the header, its zero padding and the payload: everything after the prefix.
     const from = base + prefixBytes;
+    const payloadAt = base + payloadStart(h);
+    const actual = kernel.xxh3(address + prefixBytes, payloadAt - from + p);
+    if (expected !== actual) return this.fail(errors.FRAME_CHECKSUM(`Cannot read frame: checksum mismatch (got ${actual.toString(16)}, frame says ${expected.toString(16)})`));
     for (let i = from + h; i < payloadAt; i++) if (bytes[i] !== 0) return this.fail(errors.FRAME_HEADER('Cannot read frame header: its padding is not zero'));
     let header: unknown;
     try {

@@ -136,7 +136,7 @@ export function writeFrame(target: Uint8Array, view: DataView, at: number, heade
   return bytes;
 }
 
-/** Fills the checksum of the frame at `at` from its header and payload bytes. */
+/** Fills the checksum of the frame at `at` from its header, header padding and payload bytes. */
 export function sealFrame(view: DataView, at: number, checksum: (from: number, length: number) => bigint): void {
   const length = payloadStart(view.getUint32(at + 4, true)) - prefixBytes + view.getUint32(at + 8, true);
   view.setBigUint64(at + 16, checksum(at + prefixBytes, length), true);
