@@ -65,6 +65,11 @@ function olderCopy(source: string, target: string, bytes: number, fraction: numb
   return changed;
 }
 
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted.length ? sorted[Math.floor(sorted.length / 2)]! : NaN;
+}
+
 function run(command: string, args: string[]): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve) => {
     const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -103,10 +108,16 @@ export async function resync(ctx: BenchContext): Promise<SuiteResult> {
         let primary: Primary | undefined;
         let copied = 0;
         let wire = 0;
+        // Where the time goes, per round: from connect() to the link being up (connection and
+        // handshake), and from then to the end of the resync (comparison, copies, the durable end).
+        let startedAt = 0;
+        const handshakeMs: number[] = [];
+        const resyncMs: number[] = [];
         const bench = new Bench({ name: `resync ${label} ${codes}`, iterations: rounds, time: 0, warmup: false });
         bench.add(
           `blockmirror, ${label} differ, codes ${codes}`,
           async () => {
+            startedAt = performance.now();
             primary!.connect();
             await primary!.waitDuplex(600_000);
           },
@@ -122,6 +133,14 @@ export async function resync(ctx: BenchContext): Promise<SuiteResult> {
               secondary = await startCli(['secondary', '--dir', d('s'), '--listen', 'tcp://127.0.0.1:0', '--control', 'tcp://127.0.0.1:0'], /control on (\S+)/, 120_000);
               const m = /listening on (\S+),.*control on (\S+)/.exec(secondary.output())!;
               primary = await Primary.start({ dir: d('p'), volumes: [{ name: 'v', size: volumeBytes }], mirror: m[1]!, connect: false });
+              let linkUpAt = 0;
+              primary.onEvent((e) => {
+                if (e.type === 'link' && e.status === 'connected') linkUpAt = performance.now();
+                if (e.type === 'resync' && e.event === 'finished') {
+                  handshakeMs.push(linkUpAt - startedAt);
+                  resyncMs.push(performance.now() - linkUpAt);
+                }
+              });
               if (codes === 'current') {
                 await primary.pairs[0]!.volume.settle({ timeoutMs: 600_000 });
                 const deadline = performance.now() + 600_000;
@@ -144,7 +163,7 @@ export async function resync(ctx: BenchContext): Promise<SuiteResult> {
         );
         await bench.run();
         const row = rowsOf(bench)[0]!;
-        row.note = `${changed} of ${volumeBytes / segment} segments differ; copied ${(copied / 2 ** 20).toFixed(1)} MiB, ${(wire / 2 ** 20).toFixed(1)} MiB of records sent`;
+        row.note = `${changed} of ${volumeBytes / segment} segments differ; copied ${(copied / 2 ** 20).toFixed(1)} MiB, ${(wire / 2 ** 20).toFixed(1)} MiB of records sent; median ${median(handshakeMs).toFixed(1)} ms to connect and shake hands, ${median(resyncMs).toFixed(1)} ms from then to the durable end`;
         medians[codes] = row;
         result.rows.push(row);
       }
