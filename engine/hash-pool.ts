@@ -18,8 +18,16 @@ import { coreCount } from './runtime.ts';
 import type { HasherSetup } from './segment-hasher.ts';
 import { spawnWorker, type WorkerHandle } from '../workers/spawn.ts';
 
+/** Worker threads a pool starts when not told: one per core, at most this many. */
+export const poolWorkersDefaultMax = 8;
+
 export interface HashPoolOptions {
-  /** Worker threads. Default: cores − 1, at least 1. */
+  /**
+   * Worker threads. Default: one per core, at most 8. Background passes are
+   * capped in all (`hashDutyMax`), so more workers do not take more of the
+   * machine from the writers; they make an explicit settle (a resync with
+   * codes cold, a verify, `settle()`) that many times faster.
+   */
   workers?: number;
   /**
    * How long a changed segment must stay unchanged before it is rehashed, and
@@ -28,9 +36,10 @@ export interface HashPoolOptions {
    */
   rehashDelayMs?: number;
   /**
-   * Largest share of one core (0 to 1) each worker's background passes may
-   * take. Default 0.25. Past it a worker rests, so codes lag under heavy
-   * random writes rather than slowing them; `settle()` is not capped.
+   * Largest share of one core (0 to 1) the pool's background passes may take
+   * in all, shared evenly among its workers. Default 0.25. Past it a worker
+   * rests, so codes lag under heavy random writes rather than slowing them;
+   * `settle()` is not capped.
    */
   hashDutyMax?: number;
 }
@@ -68,7 +77,7 @@ export class HashPool {
   }
 
   static async start(options: HashPoolOptions = {}): Promise<HashPool> {
-    const count = options.workers ?? Math.max(1, coreCount() - 1);
+    const count = options.workers ?? Math.min(poolWorkersDefaultMax, coreCount());
     if (!Number.isSafeInteger(count) || count < 1 || count > 256) {
       throw errors.INVALID_ARGUMENT(`Cannot start a hashing pool with ${String(count)} workers: use a whole number from 1 to 256`);
     }
@@ -125,7 +134,8 @@ export class HashPool {
       type: 'attach',
       id,
       delayMs: this.rehashDelayMs,
-      dutyMax: this.hashDutyMax,
+      // The cap is the pool's: each worker takes its share.
+      dutyMax: this.hashDutyMax / this.workerCount,
       setup: { ...setup, owner, owners: this.workerCount },
     }));
     return id;

@@ -23,7 +23,7 @@ const passBudgetMs = 20;
 
 const volumes = new Map<number, SegmentHasher>();
 let delayMs = 5;
-/** Largest share of one core the background passes may take (explicit settles are not capped). */
+/** This worker's share of the pool's cap: the largest share of one core its background passes may take (explicit settles are not capped). */
 let dutyMax = 0.25;
 let timer: ReturnType<typeof setTimeout> | undefined;
 let stopped = false;
