@@ -4,6 +4,8 @@ import { createBLAKE3, createXXHash128, xxhash3 } from 'hash-wasm';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { HashPool, Volume, codeBytes, type CodeAlgorithm } from '../engine/index.ts';
+import { poolWorkersDefaultMax } from '../engine/hash-pool.ts';
+import { coreCount } from '../engine/runtime.ts';
 import { hex, prng, randomBytes, tempDir, testSeed } from './helpers.ts';
 
 const KiB = 1024;
@@ -41,6 +43,21 @@ test.before(async () => {
 });
 test.after(async () => {
   await pool.close();
+});
+
+test('a pool started without options has one worker per core, at most 8, and a recompute on it hashes every segment once', async () => {
+  const own = await HashPool.start();
+  const volume = await Volume.create({ size: 64 * 64 * 1024 * 4, pool: own });
+  try {
+    assert.is(poolWorkersDefaultMax, 8);
+    assert.is(own.workerCount, Math.min(8, coreCount()));
+    const before = own.stats().segmentsHashed;
+    await volume.recomputeCodes();
+    assert.is(own.stats().segmentsHashed - before, volume.segmentCount);
+  } finally {
+    await volume.close();
+    await own.close();
+  }
 });
 
 test('a new volume has every code valid, equal to the hash of zeroes', async () => {
