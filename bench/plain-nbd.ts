@@ -11,23 +11,10 @@
 import { Buffer } from 'node:buffer';
 import fs from 'node:fs';
 import net from 'node:net';
+import { NBD } from '../engine/nbd.ts';
 
-const initMagic = 0x4e42444d41474943n; // 'NBDMAGIC'
-const optMagic = 0x49484156454f5054n; // 'IHAVEOPT'
-const optReplyMagic = 0x3e889045565a9n;
-const requestMagic = 0x25609513;
-const replyMagic = 0x67446698;
-const optExportName = 1;
-const optGo = 7;
-const repAck = 1;
-const repInfo = 3;
-const repErrUnsup = 0x80000001;
-const cmdRead = 0;
-const cmdWrite = 1;
-const cmdDisc = 2;
-const EINVAL = 22;
-/** HAS_FLAGS, SEND_FLUSH, SEND_FUA. */
-const transmissionFlags = 1 | 4 | 8;
+/** What the export offers besides reads and writes: flush and FUA. */
+const transmissionFlags = NBD.tHasFlags | NBD.tSendFlush | NBD.tSendFua;
 
 export class PlainNbdServer {
   private constructor(
@@ -37,8 +24,8 @@ export class PlainNbdServer {
 
   /** Serves `size` bytes of memory on the unix socket `socketPath`, under any export name. */
   static async start(socketPath: string, size: number): Promise<PlainNbdServer> {
-    // Every page touched up front, as a volume's are: no first-touch faults inside the measurement.
-    const memory = Buffer.alloc(size).fill(1).fill(0);
+    // Every page written up front, as a volume's are: no first-touch faults inside the measurement.
+    const memory = Buffer.alloc(size).fill(0);
     const sockets = new Set<net.Socket>();
     const server = net.createServer((socket) => {
       sockets.add(socket);
@@ -63,9 +50,9 @@ export class PlainNbdServer {
 function serve(socket: net.Socket, memory: Buffer): void {
   socket.setNoDelay(true);
   const hello = Buffer.alloc(18);
-  hello.writeBigUInt64BE(initMagic, 0);
-  hello.writeBigUInt64BE(optMagic, 8);
-  hello.writeUInt16BE(1 | 2, 16); // FIXED_NEWSTYLE, NO_ZEROES
+  hello.writeBigUInt64BE(NBD.initMagic, 0);
+  hello.writeBigUInt64BE(NBD.optMagic, 8);
+  hello.writeUInt16BE(NBD.flagFixedNewstyle | NBD.flagNoZeroes, 16);
   socket.write(hello);
 
   let phase: 'flags' | 'options' | 'transmission' = 'flags';
@@ -82,7 +69,7 @@ function serve(socket: net.Socket, memory: Buffer): void {
   };
   const reply = (handle: Buffer, error: number, data?: Buffer) => {
     const head = Buffer.allocUnsafe(16);
-    head.writeUInt32BE(replyMagic, 0);
+    head.writeUInt32BE(NBD.simpleReplyMagic, 0);
     head.writeUInt32BE(error, 4);
     handle.copy(head, 8);
     replies.push(head);
@@ -94,7 +81,7 @@ function serve(socket: net.Socket, memory: Buffer): void {
   };
   const optionReply = (option: number, type: number, data = Buffer.alloc(0)) => {
     const head = Buffer.alloc(20);
-    head.writeBigUInt64BE(optReplyMagic, 0);
+    head.writeBigUInt64BE(NBD.optReplyMagic, 0);
     head.writeUInt32BE(option, 8);
     head.writeUInt32BE(type, 12);
     head.writeUInt32BE(data.length, 16);
@@ -119,49 +106,50 @@ function serve(socket: net.Socket, memory: Buffer): void {
       } else if (phase === 'options') {
         need = at + 16;
         if (left < 16) break;
-        if (input.readBigUInt64BE(at) !== optMagic) return void socket.destroy();
+        if (input.readBigUInt64BE(at) !== NBD.optMagic) return void socket.destroy();
         const option = input.readUInt32BE(at + 8);
         const length = input.readUInt32BE(at + 12);
         need = at + 16 + length;
         if (left < 16 + length) break;
         at += 16 + length;
-        if (option === optExportName) {
+        if (option === NBD.optExportName) {
           const out = Buffer.alloc(10);
           out.writeBigUInt64BE(BigInt(memory.length), 0);
           out.writeUInt16BE(transmissionFlags, 8);
           socket.write(out);
           phase = 'transmission';
-        } else if (option === optGo) {
-          const info = Buffer.alloc(12); // NBD_INFO_EXPORT
+        } else if (option === NBD.optGo) {
+          const info = Buffer.alloc(12);
+          info.writeUInt16BE(NBD.infoExport, 0);
           info.writeBigUInt64BE(BigInt(memory.length), 2);
           info.writeUInt16BE(transmissionFlags, 10);
-          optionReply(option, repInfo, info);
-          optionReply(option, repAck);
+          optionReply(option, NBD.repInfo, info);
+          optionReply(option, NBD.repAck);
           phase = 'transmission';
         } else {
-          optionReply(option, repErrUnsup);
+          optionReply(option, NBD.repErrUnsup);
         }
       } else {
         if (left < 28) break;
-        if (input.readUInt32BE(at) !== requestMagic) return void socket.destroy();
+        if (input.readUInt32BE(at) !== NBD.requestMagic) return void socket.destroy();
         const type = input.readUInt16BE(at + 6);
         const handle = input.subarray(at + 8, at + 16);
         const offset = Number(input.readBigUInt64BE(at + 16));
         const length = input.readUInt32BE(at + 24);
         const inside = offset + length <= memory.length;
-        if (type === cmdWrite) {
+        if (type === NBD.cmdWrite) {
           need = at + 28 + length;
           if (left < 28 + length) break;
           if (inside) input.copy(memory, offset, at + 28, at + 28 + length);
-          reply(handle, inside ? 0 : EINVAL);
+          reply(handle, inside ? 0 : NBD.EINVAL);
           at += 28 + length;
-        } else if (type === cmdDisc) {
+        } else if (type === NBD.cmdDisc) {
           socket.end();
           return;
         } else {
           at += 28;
-          if (type === cmdRead && inside) reply(handle, 0, memory.subarray(offset, offset + length));
-          else reply(handle, type === cmdRead ? EINVAL : 0);
+          if (type === NBD.cmdRead && inside) reply(handle, 0, memory.subarray(offset, offset + length));
+          else reply(handle, type === NBD.cmdRead ? NBD.EINVAL : 0);
         }
       }
     }
