@@ -10,7 +10,18 @@ import * as assert from 'uvu/assert';
 
 export function tempDir(prefix = 'bm-test-'): { dir: string; cleanup: () => void } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  return { dir, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
+  const cleanup = () => {
+    try {
+      fs.rmSync(dir, { recursive: true, force: true });
+    } catch (e) {
+      // Something wrote into the directory after everything was stopped: name what is there, so
+      // the failure says which file came late.
+      if ((e as NodeJS.ErrnoException).code !== 'ENOTEMPTY') throw e;
+      const left = fs.existsSync(dir) ? (fs.readdirSync(dir, { recursive: true }) as string[]).join(', ') : '(gone by now)';
+      throw new Error(`Cannot remove ${dir}: something wrote into it after the stop; left: ${left}`);
+    }
+  };
+  return { dir, cleanup };
 }
 
 /** mulberry32: small, fast, good enough to drive a test. */
