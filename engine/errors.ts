@@ -70,6 +70,8 @@ export const errors = {
   FRAME_TYPE: make('BM_ERR_FRAME_TYPE'),
   /** A record whose sequence number is not the next one expected. */
   FRAME_ORDER: make('BM_ERR_FRAME_ORDER'),
+  /** A WebSocket client broke RFC 6455 (an unmasked or text frame, reserved bits, a frame over the limit...); closed with the RFC's status code. */
+  WEBSOCKET: make('BM_ERR_WEBSOCKET'),
   /** A connection to a peer could not be made. */
   CONNECT: make('BM_ERR_CONNECT'),
   /** A listening socket could not be opened. */

@@ -1,17 +1,20 @@
 /**
- * One byte stream between two nodes, over tcp:// (node:net) or ws:// (ws),
+ * One byte stream between two nodes, over tcp:// (node:net) or ws://,
  * behind one small interface so that the mirror and control protocols never
  * care which.
  *
  * TCP sockets get `setNoDelay(true)` (a frame is always written whole, in one
- * call, so Nagle would only add delay). WebSockets are opened with
- * per-message deflate off on both ends and, on the client, an all-zero mask:
- * peers are trusted (and authenticated by the handshake), and masking in
- * JavaScript caps a Node client far below the link's speed. A WebSocket has
- * no drain event, so `onDrain` is emulated by polling `bufferedAmount`.
+ * call, so Nagle would only add delay). A ws:// server is our own WebSocket
+ * server side on node:net (ws-server.ts), which reads like tcp:// does; a
+ * ws:// client is the `ws` library (Bun's own WebSocket on Bun), with
+ * per-message deflate off and an all-zero mask: peers are trusted (and
+ * authenticated by the handshake), and masking in JavaScript caps a Node
+ * client far below the link's speed. A `ws` client has no drain event, so
+ * `onDrain` is emulated there by polling `bufferedAmount`.
  */
 import net from 'node:net';
-import WebSocket, { WebSocketServer } from 'ws';
+import WebSocket from 'ws';
+import { serveWebSocket } from './ws-server.ts';
 import { errors } from './errors.ts';
 import { runtime } from './runtime.ts';
 
@@ -44,7 +47,7 @@ export interface Link {
   onData(listener: (chunk: Uint8Array) => void): void;
   /**
    * Where the next reads land, on a link that reads into a reused buffer
-   * (`ListenOptions.readBuffer`, Node's tcp://): `next` is asked before each
+   * (`ListenOptions.readBuffer`, Node's tcp:// and ws://): `next` is asked before each
    * read, with the link's own buffer, and returns the bytes to read into
    * (the read fills at most all of them: a view of that buffer, or other
    * memory), or undefined for all of the link's own buffer. The chunk handed
@@ -77,7 +80,7 @@ export interface Listener {
 export interface ListenOptions {
   payloadBytesMax?: number;
   /**
-   * Makes one reused read buffer for each accepted tcp:// connection, on
+   * Makes one reused read buffer for each accepted tcp:// or ws:// connection, on
    * Node (elsewhere, and without it, the runtime gives a fresh buffer per
    * read). A chunk handed to `onData` is then a view of that buffer, valid
    * only during the call: only a consumer that copies what it keeps before
@@ -101,21 +104,26 @@ export async function listen(url: string, onLink: (link: Link) => void, options:
       close: () => new Promise((resolve) => server.close(() => resolve())),
     };
   }
-  const server = new WebSocketServer({ host: endpoint.host, port: endpoint.port, perMessageDeflate: false, maxPayload: (options.payloadBytesMax ?? 64 * 1024 * 1024) + 8192 });
+  // ws://: our own WebSocket server side (ws-server.ts), reading like tcp:// does.
+  const readBuffer = runtime === 'node' ? options.readBuffer : undefined;
+  const frameBytesMax = (options.payloadBytesMax ?? 64 * 1024 * 1024) + 8192;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer({ pauseOnConnect: readBuffer !== undefined }, (accepted) => {
+    const area = readBuffer?.();
+    const socket = serveWebSocket(accepted, { frameBytesMax, readBuffer: area, adopt: area && ((next, deliver) => adoptReadBuffer(server, accepted, next, deliver)) }, onLink);
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+  });
   await new Promise<void>((resolve, reject) => {
     server.once('error', (e: NodeJS.ErrnoException) => reject(errors.LISTEN(`Cannot listen on ${url}: ${e.code ?? e.message}`)));
-    server.once('listening', () => resolve());
+    server.listen(endpoint.port, endpoint.host, () => resolve());
   });
-  server.on('connection', (socket: WebSocket, request: { socket?: { remoteAddress?: string; remotePort?: number } }) => {
-    onLink(wsLink(socket, `${request?.socket?.remoteAddress ?? '?'}:${request?.socket?.remotePort ?? '?'}`));
-  });
-  const address = server.address();
   return {
     endpoint,
-    port: typeof address === 'object' && address ? address.port : endpoint.port,
+    port: (server.address() as net.AddressInfo).port,
     close: () =>
       new Promise((resolve) => {
-        for (const client of server.clients) client.terminate();
+        for (const socket of sockets) socket.destroy();
         server.close(() => resolve());
       }),
   };
