@@ -19,6 +19,7 @@ export async function startCli(args: string[], ready: RegExp, timeoutMs = 20_000
   const { command, args: base } = cliCommand();
   const argv = [...prefix, command, ...base, ...args];
   const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+  exits.set(child, new Promise((resolve) => child.once('exit', () => resolve())));
   let output = '';
   child.stdout!.on('data', (d) => (output += d));
   await new Promise<void>((resolve, reject) => {
@@ -39,4 +40,20 @@ export async function startCli(args: string[], ready: RegExp, timeoutMs = 20_000
     });
   });
   return Object.assign(child, { output: () => output });
+}
+
+const exits = new WeakMap<ChildProcess, Promise<void>>();
+
+/**
+ * Resolves when `child` has exited (at once if it already has). A child
+ * started by `startCli` is watched from its spawn, because its fields cannot
+ * tell: Deno sets `signalCode` as soon as `kill()` is called, before the
+ * child has exited (a secondary stopped by SIGTERM was still saving its
+ * codes when a test removed its directory).
+ */
+export function exitOf(child: ChildProcess): Promise<void> {
+  const watched = exits.get(child);
+  if (watched) return watched;
+  if (child.exitCode !== null || (child.signalCode !== null && !('Deno' in globalThis))) return Promise.resolve();
+  return new Promise((resolve) => child.once('exit', () => resolve()));
 }

@@ -68,7 +68,7 @@ export function hex(bytes: Uint8Array): string {
 }
 
 export { cliCommand, startCli } from '../bench/cli-process.ts';
-import { cliCommand } from '../bench/cli-process.ts';
+import { cliCommand, exitOf } from '../bench/cli-process.ts';
 
 /** Runs the CLI to completion and returns its exit code and output. */
 export async function runCli(args: string[], options: { timeoutMs?: number } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -100,10 +100,9 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** Resolves when `child` has exited (at once if it already has). */
+/** Resolves when `child` has exited (at once if it already has); see `exitOf`. */
 export function exited(child: import('node:child_process').ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => child.once('exit', () => resolve()));
+  return exitOf(child);
 }
 
 /** Resolves when `child` has exited and its output streams have ended. */
