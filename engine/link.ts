@@ -55,7 +55,7 @@ export interface Link {
    * `steer`: their reads land where the runtime puts them.
    */
   steer?(next: (readArea: Uint8Array) => Uint8Array | undefined): void;
-  /** Called once, however the link ended. */
+  /** Adds a listener called once, however the link ended (at once if it already has). Every listener added is called. */
   onClose(listener: (reason: string) => void): void;
   onDrain(listener: () => void): void;
   pause(): void;
@@ -109,8 +109,7 @@ export async function listen(url: string, onLink: (link: Link) => void, options:
   const frameBytesMax = (options.payloadBytesMax ?? 64 * 1024 * 1024) + 8192;
   const sockets = new Set<net.Socket>();
   const server = net.createServer({ pauseOnConnect: readBuffer !== undefined }, (accepted) => {
-    const area = readBuffer?.();
-    const socket = serveWebSocket(accepted, { frameBytesMax, readBuffer: area, adopt: area && ((next, deliver) => adoptReadBuffer(server, accepted, next, deliver)) }, onLink);
+    const socket = serveWebSocket(accepted, { frameBytesMax, readBuffer, adopt: readBuffer && ((next, deliver) => adoptReadBuffer(server, accepted, next, deliver)) }, onLink);
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
   });
@@ -232,13 +231,13 @@ function readerLink(server: net.Server, accepted: net.Socket, buffer: Uint8Array
 function tcpLink(socket: net.Socket, onData: (listener: (chunk: Uint8Array) => void) => void = (l) => void socket.on('data', l)): Link {
   socket.setNoDelay(true);
   const remote = `${socket.remoteAddress}:${socket.remotePort}`;
-  let closeListener: ((reason: string) => void) | undefined;
+  const closeListeners: Array<(reason: string) => void> = [];
   let closed = false;
   let reason = 'closed by peer';
   const close = () => {
     if (closed) return;
     closed = true;
-    closeListener?.(reason);
+    for (const l of closeListeners) l(reason);
   };
   socket.on('error', (e: NodeJS.ErrnoException) => {
     reason = e.code ?? e.message;
@@ -251,8 +250,8 @@ function tcpLink(socket: net.Socket, onData: (listener: (chunk: Uint8Array) => v
     buffered: () => socket.writableLength,
     onData,
     onClose: (l) => {
-      closeListener = l;
       if (closed) l(reason);
+      else closeListeners.push(l);
     },
     onDrain: (l) => void socket.on('drain', l),
     pause: () => void socket.pause(),
@@ -276,7 +275,7 @@ function wsLink(socket: WebSocket, remote: string): Link {
     if (Array.isArray(data)) for (const d of data) deliver(d);
     else deliver(data instanceof ArrayBuffer ? new Uint8Array(data) : data);
   });
-  let closeListener: ((reason: string) => void) | undefined;
+  const closeListeners: Array<(reason: string) => void> = [];
   let closed = false;
   let reason = 'closed by peer';
   let drainTimer: ReturnType<typeof setInterval> | undefined;
@@ -285,7 +284,7 @@ function wsLink(socket: WebSocket, remote: string): Link {
     if (closed) return;
     closed = true;
     if (drainTimer) clearInterval(drainTimer);
-    closeListener?.(reason);
+    for (const l of closeListeners) l(reason);
   };
   socket.on('error', (e: NodeJS.ErrnoException) => {
     reason = e.code ?? e.message;
@@ -316,8 +315,8 @@ function wsLink(socket: WebSocket, remote: string): Link {
       for (const chunk of early.splice(0)) l(chunk);
     },
     onClose: (l) => {
-      closeListener = l;
       if (closed) l(reason);
+      else closeListeners.push(l);
     },
     onDrain: (l) => void drainListeners.push(l),
     pause: () => socket.pause(),

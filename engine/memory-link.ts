@@ -25,7 +25,7 @@ class MemoryEnd implements Link {
   readonly remote: string;
   peer!: MemoryEnd;
   private dataListener: ((chunk: Uint8Array) => void) | undefined;
-  private closeListener: ((reason: string) => void) | undefined;
+  private readonly closeListeners: Array<(reason: string) => void> = [];
   /** Chunks that arrived before `onData` or while paused. */
   private readonly inbox: Uint8Array[] = [];
   private paused = false;
@@ -53,8 +53,8 @@ class MemoryEnd implements Link {
   }
 
   onClose(listener: (reason: string) => void): void {
-    this.closeListener = listener;
     if (this.closed) listener(this.closeReason);
+    else this.closeListeners.push(listener);
   }
 
   onDrain(): void {}
@@ -95,6 +95,6 @@ class MemoryEnd implements Link {
     this.closed = true;
     this.closeReason = reason;
     this.inbox.length = 0;
-    this.closeListener?.(reason);
+    for (const l of this.closeListeners) l(reason);
   }
 }

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Controller } from '../engine/controller.ts';
-import { ControlServer, sendCommand } from '../engine/control-server.ts';
+import { ControlServer, controlConnectionsMax, requestStatus, sendCommand } from '../engine/control-server.ts';
 import { FrameDecoder } from '../engine/frame-decoder.ts';
 import { FrameEncoder } from '../engine/frame-encoder.ts';
 import { FrameType } from '../engine/frame.ts';
@@ -256,6 +256,23 @@ test('a FREEZE naming another group is refused with BM_ERR_UNKNOWN_GROUP and fre
     await primary.close();
     await secondary.close();
     cleanup();
+  }
+});
+
+test('a control endpoint frees the place of every connection that ends: more status requests in turn than it holds at once', async () => {
+  // Each `blockmirror status` is one short connection; a monitor polling a long-running primary
+  // makes thousands. They must not count against the limit once closed (they once did, for good).
+  for (const scheme of ['tcp', 'ws']) {
+    let asked = 0;
+    const control = await ControlServer.start(`${scheme}://127.0.0.1:0`, { role: 'secondary', status: () => ({ role: 'secondary', asked: ++asked }), command: () => 'nothing' });
+    try {
+      for (let i = 0; i < controlConnectionsMax + 20; i++) {
+        const status = await requestStatus(control.url);
+        assert.is(status.asked, i + 1, `${scheme}: status request ${i + 1}`);
+      }
+    } finally {
+      await control.close();
+    }
   }
 });
 
