@@ -238,6 +238,10 @@ export function readTarget(readBuffer: Uint8Array, dataLeft: number, steer: ((re
   return target.buffer === readBuffer.buffer || target.length <= dataLeft ? target : target.subarray(0, dataLeft);
 }
 
+const statusText: Record<number, string> = { 400: 'Bad Request', 426: 'Upgrade Required', 503: 'Service Unavailable' };
+/** Pongs are not queued while more than this is waiting to be sent. */
+const pongQueuedBytesMax = 64 * 1024;
+
 /** Payloads up to this size are sent with their frame header in one new buffer; longer ones as two writes under cork (one system call). */
 const joinBytesMax = 16 * 1024;
 
@@ -250,8 +254,12 @@ export interface ServeOptions {
    * use and how to end it, or undefined to read the accepted socket as it is.
    */
   adopt?: (next: () => Uint8Array, deliver: (chunk: Uint8Array) => void) => { socket: net.Socket; end: () => void } | undefined;
-  /** The reused read buffer that `adopt` reads into. */
-  readBuffer?: Uint8Array;
+  /**
+   * Makes the reused buffer that an adopted socket reads into once its
+   * handshake is accepted (until then it reads into a small one, so that a
+   * connection that never completes a handshake costs little).
+   */
+  readBuffer?: () => Uint8Array;
 }
 
 /**
@@ -262,10 +270,11 @@ export interface ServeOptions {
 export function serveWebSocket(accepted: net.Socket, options: ServeOptions, onLink: (link: Link) => void): net.Socket {
   let steer: ((readArea: Uint8Array) => Uint8Array | undefined) | undefined;
   let open = false;
-  const readBuffer = options.readBuffer;
+  const handshakeArea = new Uint8Array(4096);
+  let readBuffer: Uint8Array | undefined;
   // Before each read: the rest of a long mirror frame goes straight where the decoder gathers it,
   // but never past the end of the WebSocket frame it travels in (its next header must be read here).
-  const next = () => readTarget(readBuffer!, open ? reader.dataLeft : 0, steer);
+  const next = () => (readBuffer ? readTarget(readBuffer, open ? reader.dataLeft : 0, steer) : handshakeArea);
   const adopted = options.adopt?.(next, (chunk) => onBytes(chunk));
   const socket = adopted ? adopted.socket : accepted;
   if (!adopted) socket.on('data', (chunk: Uint8Array) => onBytes(chunk));
@@ -275,7 +284,7 @@ export function serveWebSocket(accepted: net.Socket, options: ServeOptions, onLi
   let handshake: Uint8Array | undefined = new Uint8Array(0);
   let listener: ((chunk: Uint8Array) => void) | undefined;
   const early: Uint8Array[] = [];
-  let closeListener: ((reason: string) => void) | undefined;
+  const closeListeners: Array<(reason: string) => void> = [];
   let closed = false;
   let reason = 'closed by peer';
   let closeSent = false;
@@ -305,7 +314,8 @@ export function serveWebSocket(accepted: net.Socket, options: ServeOptions, onLi
     onData: (chunk) => (listener ? listener(chunk) : early.push(chunk.slice())),
     onControl: (opcode, payload) => {
       if (opcode === Opcode.ping) {
-        if (!closeSent) write(Opcode.pong, payload);
+        // A client that sends pings but never reads gets no more pongs queued once its replies pile up.
+        if (!closeSent && socket.writableLength < pongQueuedBytesMax) write(Opcode.pong, payload);
       } else if (opcode === Opcode.close) {
         reader.stop();
         if (payload.length === 1) reason = closeReason(errors.WEBSOCKET('a close frame with a 1-byte payload'));
@@ -329,7 +339,7 @@ export function serveWebSocket(accepted: net.Socket, options: ServeOptions, onLi
     clearTimeout(timer);
     handshake = undefined;
     const extra = status === 426 ? 'Sec-WebSocket-Version: 13\r\n' : '';
-    socket.end(`HTTP/1.1 ${status} ${status === 426 ? 'Upgrade Required' : 'Bad Request'}\r\nConnection: close\r\n${extra}Content-Type: text/plain\r\nContent-Length: ${why.length + 1}\r\n\r\n${why}\n`);
+    socket.end(`HTTP/1.1 ${status} ${statusText[status] ?? 'Bad Request'}\r\nConnection: close\r\n${extra}Content-Type: text/plain\r\nContent-Length: ${why.length + 1}\r\n\r\n${why}\n`);
     setTimeout(() => socket.destroy(), 1000).unref?.();
   };
 
@@ -347,6 +357,13 @@ export function serveWebSocket(accepted: net.Socket, options: ServeOptions, onLi
     }
     const parsed = parseHandshake(Buffer.from(joined.buffer, joined.byteOffset, blank).toString('latin1'));
     if ('status' in parsed) return refuse(parsed.status, parsed.reason);
+    if (adopted && options.readBuffer) {
+      try {
+        readBuffer = options.readBuffer();
+      } catch (e) {
+        return refuse(503, `no memory for a read buffer: ${(e as Error).message}`);
+      }
+    }
     clearTimeout(timer);
     handshake = undefined;
     socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptKey(parsed.key)}\r\n\r\n`);
@@ -363,7 +380,7 @@ export function serveWebSocket(accepted: net.Socket, options: ServeOptions, onLi
     clearTimeout(timer);
     if (closed) return;
     closed = true;
-    if (open) closeListener?.(reason);
+    if (open) for (const l of closeListeners) l(reason);
   });
 
   const link: Link = {
@@ -375,10 +392,10 @@ export function serveWebSocket(accepted: net.Socket, options: ServeOptions, onLi
       listener = l;
       for (const chunk of early.splice(0)) l(chunk);
     },
-    steer: adopted && readBuffer ? (f) => void (steer = f) : undefined,
+    steer: adopted && options.readBuffer ? (f) => void (steer = f) : undefined,
     onClose: (l) => {
-      closeListener = l;
       if (closed) l(reason);
+      else closeListeners.push(l);
     },
     onDrain: (l) => void socket.on('drain', l),
     pause: () => void socket.pause(),
