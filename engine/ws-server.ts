@@ -21,7 +21,7 @@
  * Client frames must be masked, as the RFC requires. An all-zero mask (what
  * our client sends: see link.ts) costs nothing; any other is removed in
  * place. A violation closes the connection with the RFC's status code
- * (1002, 1003, 1009) and the link's close reason starts with
+ * (1002, 1003, 1007, 1009) and the link's close reason starts with
  * `BM_ERR_WEBSOCKET`.
  */
 import { Buffer } from 'node:buffer';
@@ -39,7 +39,26 @@ const controlPayloadMax = 125;
 export const Opcode = { continuation: 0, text: 1, binary: 2, close: 8, ping: 9, pong: 10 } as const;
 
 /** Close status codes this server sends (RFC 6455, section 7.4.1). */
-export const CloseCode = { normal: 1000, protocol: 1002, unsupported: 1003, tooBig: 1009 } as const;
+export const CloseCode = { normal: 1000, protocol: 1002, unsupported: 1003, badData: 1007, tooBig: 1009 } as const;
+
+/**
+ * The status to answer a client's close frame with: 1000, unless its
+ * payload is not a valid close (one byte; a status an endpoint may not send;
+ * a reason that is not UTF-8), then 1002 or 1007 with what was wrong.
+ */
+export function closeReply(payload: Uint8Array): { code: number; problem?: string } {
+  if (payload.length === 0) return { code: CloseCode.normal };
+  if (payload.length === 1) return { code: CloseCode.protocol, problem: 'a close frame with a 1-byte payload' };
+  const status = (payload[0]! << 8) | payload[1]!;
+  const sendable = (status >= 1000 && status <= 1003) || (status >= 1007 && status <= 1014) || (status >= 3000 && status <= 4999);
+  if (!sendable) return { code: CloseCode.protocol, problem: `a close frame with status ${status}, which no endpoint may send` };
+  try {
+    new TextDecoder('utf-8', { fatal: true }).decode(payload.subarray(2));
+  } catch {
+    return { code: CloseCode.badData, problem: 'a close reason that is not UTF-8' };
+  }
+  return { code: CloseCode.normal };
+}
 
 /** The `Sec-WebSocket-Accept` value answering `key`. */
 export function acceptKey(key: string): string {
@@ -170,6 +189,7 @@ export class FrameReader {
     else if (len7 === 127) {
       const high = ((h[2]! << 24) | (h[3]! << 16) | (h[4]! << 8) | h[5]!) >>> 0;
       const low = ((h[6]! << 24) | (h[7]! << 16) | (h[8]! << 8) | h[9]!) >>> 0;
+      if (high & 0x80000000) return this.fail(CloseCode.protocol, 'a 64-bit frame length with its top bit set');
       if (high >= 0x200000) return this.fail(CloseCode.tooBig, 'a frame length over 2^53 bytes');
       length = high * 2 ** 32 + low;
     }
@@ -318,8 +338,9 @@ export function serveWebSocket(accepted: net.Socket, options: ServeOptions, onLi
         if (!closeSent && socket.writableLength < pongQueuedBytesMax) write(Opcode.pong, payload);
       } else if (opcode === Opcode.close) {
         reader.stop();
-        if (payload.length === 1) reason = closeReason(errors.WEBSOCKET('a close frame with a 1-byte payload'));
-        sendClose(CloseCode.normal);
+        const reply = closeReply(payload);
+        if (reply.problem) reason = closeReason(errors.WEBSOCKET(`${reply.problem} (closed with ${reply.code})`));
+        sendClose(reply.code);
         end();
       }
     },

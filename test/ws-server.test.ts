@@ -11,7 +11,7 @@ import * as assert from 'uvu/assert';
 import WebSocket from 'ws';
 import { listen, type Link } from '../engine/link.ts';
 import { runtime } from '../engine/runtime.ts';
-import { acceptKey, CloseCode, FrameReader, frameHead, Opcode, parseHandshake, readTarget } from '../engine/ws-server.ts';
+import { acceptKey, closeReply, CloseCode, FrameReader, frameHead, Opcode, parseHandshake, readTarget } from '../engine/ws-server.ts';
 import { prng, randomBytes, testSeed } from './helpers.ts';
 
 /** A client frame: FIN unless `more`, masked with `mask` (all zero if omitted). */
@@ -114,8 +114,10 @@ test('frame reader: each violation closes with its status code, from the header 
   // Over the limit: refused from the 14-byte header, though no payload byte follows.
   const big = clientFrame(Opcode.binary, new Uint8Array(70_000)).subarray(0, 14);
   assert.is(read(big, [], 65_536).error?.[0], CloseCode.tooBig);
-  const huge = Uint8Array.of(0x82, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+  const huge = Uint8Array.of(0x82, 0xff, 0x7f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
   assert.is(read(huge).error?.[0], CloseCode.tooBig);
+  const topBit = Uint8Array.of(0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0);
+  assert.is(read(topBit).error?.[0], CloseCode.protocol, 'a 64-bit length with its top bit set');
   // Nothing of a frame after the violation is handed on.
   const after = read(concat([clientFrame(Opcode.binary, p), clientFrame(Opcode.text, p), clientFrame(Opcode.binary, Uint8Array.of(9))]));
   assert.equal([...after.data], [1, 2, 3]);
@@ -150,6 +152,15 @@ test('frame reader fuzz: random and mutated streams never throw, and only payloa
     if (r.error) assert.ok([CloseCode.protocol, CloseCode.unsupported, CloseCode.tooBig].includes(r.error[0] as 1002), `${label}: status ${r.error[0]}`);
     if (!noise) assert.ok(r.data.length <= payloadBytes + 256, `${label}: more bytes out than payload in`);
   }
+});
+
+test('close frames: a valid close is answered with 1000; a malformed one with 1002 or 1007', () => {
+  assert.equal(closeReply(new Uint8Array(0)), { code: 1000 });
+  assert.equal(closeReply(Uint8Array.of(0x0f, 0xa0, 0x68, 0x69)), { code: 1000 }, '4000 "hi"');
+  assert.equal(closeReply(Uint8Array.of(0x03, 0xf3)), { code: 1000 }, '1011');
+  assert.is(closeReply(Uint8Array.of(0x03)).code, 1002, 'one byte');
+  for (const status of [0, 999, 1004, 1005, 1006, 1015, 2999, 5000]) assert.is(closeReply(Uint8Array.of(status >> 8, status & 0xff)).code, 1002, `status ${status}`);
+  assert.is(closeReply(Uint8Array.of(0x03, 0xe8, 0xff, 0xfe)).code, 1007, 'a reason that is not UTF-8');
 });
 
 test('handshake: what is accepted and what is refused, with which status', () => {
