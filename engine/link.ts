@@ -93,7 +93,17 @@ export async function listen(url: string, onLink: (link: Link) => void, options:
   const endpoint = parseEndpoint(url, 'listen URL');
   if (endpoint.scheme === 'tcp') {
     const readBuffer = runtime === 'node' ? options.readBuffer : undefined;
-    const server = net.createServer({ pauseOnConnect: readBuffer !== undefined }, (socket) => onLink(readBuffer ? readerLink(server, socket, readBuffer()) : tcpLink(socket)));
+    const server = net.createServer({ pauseOnConnect: readBuffer !== undefined }, (socket) => {
+      let area: Uint8Array | undefined;
+      try {
+        area = readBuffer?.();
+      } catch {
+        // No memory for this connection's read buffer (a flood of connections): drop it, not the process.
+        socket.destroy();
+        return;
+      }
+      onLink(area ? readerLink(server, socket, area) : tcpLink(socket));
+    });
     await new Promise<void>((resolve, reject) => {
       server.once('error', (e: NodeJS.ErrnoException) => reject(errors.LISTEN(`Cannot listen on ${url}: ${e.code ?? e.message}`)));
       server.listen(endpoint.port, endpoint.host, () => resolve());

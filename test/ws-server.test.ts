@@ -366,4 +366,38 @@ test('steered reads: the rest of a long frame lands where the consumer asked, an
   }
 });
 
+test('a connection whose read buffer cannot be made is dropped, not the process; the next one is served', async () => {
+  for (const scheme of ['tcp', 'ws'] as const) {
+    let fail = true;
+    let made = 0;
+    const links: Link[] = [];
+    const listener = await listen(`${scheme}://127.0.0.1:0`, (link) => links.push(link), {
+      readBuffer: () => {
+        if (fail) throw new RangeError('WebAssembly.Memory(): could not allocate memory');
+        made++;
+        return new Uint8Array(64 * 1024);
+      },
+    });
+    const url = `ws://127.0.0.1:${listener.port}/`;
+    try {
+      // Node asks for the buffer (at accept on tcp://, after the handshake on ws://); elsewhere it is not used.
+      const answer = await raw(url, scheme === 'ws' ? [upgrade()] : [Uint8Array.of(1, 2, 3)], 2000);
+      if (runtime === 'node') {
+        assert.is(links.length, 0, `${scheme}: no link without a read buffer`);
+        if (scheme === 'ws') assert.match(new TextDecoder().decode(answer), /^HTTP\/1\.1 503 [^]*no memory for a read buffer/);
+      } else {
+        assert.is(links.length, 1, `${scheme}: ${runtime} reads without one`);
+      }
+      fail = false;
+      await raw(url, scheme === 'ws' ? [upgrade()] : [Uint8Array.of(1, 2, 3)], 300);
+      await until(() => links.length === (runtime === 'node' ? 1 : 2), `${scheme}: the next connection served`);
+      assert.is(made, runtime === 'node' ? 1 : 0);
+    } finally {
+      // A tcp:// listener's close waits for its connections to end.
+      for (const link of links) link.destroy();
+      await listener.close();
+    }
+  }
+});
+
 test.run();
